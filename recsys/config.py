@@ -1,0 +1,127 @@
+"""Typed configuration for every stage, in one place.
+
+Defaults follow the papers or the project's reference protocol (../shared/bench/README.md); each says where it
+comes from. Configs are pydantic models so that flows can take them as parameters and so that their JSON form
+gives stable content keys for caching.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DATA_DIR_ENV = "LLMREC_DATA_DIR"
+STORE_DIR_ENV = "LLMREC_STORE"
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def default_data_dir() -> Path:
+    """`LLMREC_DATA_DIR` if set, else `~/.cache/llmrec` (where official archives are downloaded)."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "llmrec"
+
+
+def default_store_dir() -> Path:
+    """`LLMREC_STORE` if set, else `~/.cache/llmrec/store`: one artifact store shared by all runs, so caching works."""
+    env = os.environ.get(STORE_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "llmrec" / "store"
+
+
+class DataConfig(_Config):
+    """Which dataset to load and from where."""
+
+    # "ml-100k", "ml-1m", or a path to a folder/file of user-supplied interactions (see recsys.data.tabular).
+    dataset: str = "ml-100k"
+    data_dir: Path | None = None  # None: default_data_dir()
+    # Optional item text table (Parquet/CSV) for user-supplied interactions.
+    items_path: Path | None = None
+    # LLMRec treats every observed rating as an implicit positive (paper §4.1; reference split does the same).
+    min_rating: float | None = None
+
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir if self.data_dir is not None else default_data_dir()
+
+
+class SplitConfig(_Config):
+    """How to split interactions into train / valid / test."""
+
+    # random: per-user random split (reference protocol); temporal: per-user by timestamp;
+    # loo: leave-one-out (last item test, second-last valid); dir: read train/valid/test from split_dir.
+    method: Literal["random", "temporal", "loo", "dir"] = "random"
+    valid_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # reference split: floor(0.1 n) valid per user
+    test_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # reference split: floor(0.1 n) test per user
+    seed: int = 2020  # reference split seed
+    split_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.method == "dir" and self.split_dir is None:
+            raise ValueError("split method 'dir' needs split_dir")
+        if self.valid_ratio + self.test_ratio >= 1.0:
+            raise ValueError("valid_ratio + test_ratio must be < 1")
+        return self
+
+
+class ModelConfig(_Config):
+    """The base recommender."""
+
+    name: Literal["mf", "lightgcn"] = "lightgcn"
+    embedding_dim: int = Field(64, gt=0)  # LLMRec paper §4.1.3 and reference protocol: d = 64
+    n_layers: int = Field(3, ge=0)  # LightGCN paper's default of 3 propagation layers
+
+
+class TrainConfig(_Config):
+    """The generic BPR training loop."""
+
+    max_epochs: int = Field(1000, gt=0)
+    batch_size: int = Field(2048, gt=0)  # reference protocol: 2048 triplets per batch
+    lr: float = Field(1e-3, gt=0)  # reference protocol: Adam, lr 1e-3
+    optimizer: Literal["adam", "adamw"] = "adam"
+    # L2 on the batch's ego (layer-0) embeddings, as in LightGCN's official code (1e-4 there).
+    reg_weight: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(0.0, ge=0)  # optimizer-level decay (AdamW); 0 keeps the L2 term the only regulariser
+    n_negatives: int = Field(1, ge=1)  # reference protocol: one uniform negative per positive
+    patience: int = Field(10, ge=1)  # reference protocol: early stopping patience 10 evaluations
+    monitor: str = "ndcg@10"  # reference protocol: early stopping on VALID NDCG@10
+    eval_every: int = Field(1, ge=1)
+    seed: int = 2020
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor_form(cls, v: str) -> str:
+        name, _, k = v.partition("@")
+        if name not in {"recall", "ndcg", "precision", "hit"} or not k.isdigit():
+            raise ValueError(f"monitor must look like 'ndcg@10', got {v!r}")
+        return v
+
+
+class EvalConfig(_Config):
+    """Full-ranking evaluation."""
+
+    ks: tuple[int, ...] = (10, 20, 50)  # LLMRec paper reports R/N/P @ 10, 20, 50
+    batch_users: int = Field(1024, gt=0)
+
+
+class CandidateConfig(_Config):
+    """Candidate items per user for the LLM stages."""
+
+    n_candidates: int = Field(10, gt=0)  # LLMRec paper §4.4 / Table 5: |C| = 10 is best
+
+
+class BaseRunConfig(_Config):
+    """Everything the `base` flow needs: load -> split -> train -> evaluate -> candidates."""
+
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    candidates: CandidateConfig = CandidateConfig()
