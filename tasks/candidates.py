@@ -1,0 +1,50 @@
+"""Prefect task: top-|C| unseen items per user from the trained base model (input of the LLM stages)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+
+from recsys.candidates import top_candidates
+from recsys.config import CandidateConfig, ModelConfig
+from storage.store import ArtifactStore
+from tasks.common import cache_key_fn, read_dense_split, stage_ref
+from tasks.train import load_trained
+
+CANDIDATE_COLUMNS = {"user_id": "int64", "rank": "int64", "item_id": "int64", "score": "float"}
+
+
+def candidates_frame(users: np.ndarray, items: np.ndarray, scores: np.ndarray, user_ids: np.ndarray,
+                     item_ids: np.ndarray) -> pd.DataFrame:
+    """Long table (user_id, rank, item_id, score) in raw ids; padded slots (item -1) are dropped."""
+    n = items.shape[1]
+    valid = items >= 0
+    rows_user = np.repeat(users, n).reshape(items.shape)
+    ranks = np.tile(np.arange(1, n + 1, dtype=np.int64), (items.shape[0], 1))
+    return pd.DataFrame({
+        "user_id": user_ids[rows_user[valid]],
+        "rank": ranks[valid],
+        "item_id": item_ids[items[valid]],
+        "score": scores[valid].astype(np.float32),
+    })
+
+
+@task(name="candidates", cache_key_fn=cache_key_fn("candidates"), result_serializer="json", persist_result=True)
+def generate_candidates(store_root: str, split_ref: str, train_ref: str, model: ModelConfig,
+                        candidates: CandidateConfig, device: str = "auto") -> str:
+    """Write candidates.parquet (user_id, rank, item_id, score) with raw ids; returns the ref."""
+    store = ArtifactStore(store_root)
+    params = {"split_ref": split_ref, "train_ref": train_ref, "model": model, "candidates": candidates,
+              "device": device}
+    ref = stage_ref("candidates", params)
+    if store.exists(ref):
+        return str(ref)
+    data, ids = read_dense_split(store, split_ref)
+    net = load_trained(store, train_ref, model, data, device)
+    users, items, scores = top_candidates(net, data, candidates.n_candidates)
+    frame = candidates_frame(users, items, scores, ids.user_ids, ids.item_ids)
+    with store.write(ref.stage, ref.key, params) as w:
+        w.table("candidates", frame)
+    get_run_logger().info("candidates: %d users x up to %d items", len(users), candidates.n_candidates)
+    return str(ref)

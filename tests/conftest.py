@@ -1,0 +1,48 @@
+"""Test session set-up: an isolated, quiet Prefect home, and where the shared datasets are."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Prefect: a private PREFECT_HOME (database AND persisted results) for this session.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="llmrec-test-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_SERVER_REGISTER_BLOCKS_ON_START", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("PREFECT_API_URL", None)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """The shared folder beside the checkout (datasets and the reference split)."""
+    return REPO.parent / "shared"
+
+
+def data_dir() -> Path:
+    env = os.environ.get("LLMREC_DATA_DIR")
+    return Path(env) if env else shared_dir() / "data"
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    folder = data_dir() / "ml-100k"
+    if not (folder / "u.data").is_file():
+        pytest.skip(f"MovieLens 100K not found at {folder}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reference_split_dir() -> Path:
+    folder = shared_dir() / "bench" / "ml100k-split"
+    if not (folder / "train.parquet").is_file():
+        pytest.skip(f"reference split not found at {folder}")
+    return folder
