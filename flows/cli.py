@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,17 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="LLM-augmente
 console = Console()
 
 
-class ModelName(str, Enum):
+@app.callback()
+def _root() -> None:
+    """LLM-augmented graph recommendation (LLMRec) as Prefect flows."""
+
+
+class ModelName(StrEnum):
     mf = "mf"
     lightgcn = "lightgcn"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"

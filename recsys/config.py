@@ -74,6 +74,8 @@ class ModelConfig(_Config):
     name: Literal["mf", "lightgcn"] = "lightgcn"
     embedding_dim: int = Field(64, gt=0)  # LLMRec paper §4.1.3 and reference protocol: d = 64
     n_layers: int = Field(3, ge=0)  # LightGCN paper's default of 3 propagation layers
+    # Embedding init: "normal" = N(0, 0.1^2) as in LightGCN's official code, or "xavier" (uniform).
+    init: Literal["normal", "xavier"] = "normal"
 
 
 class TrainConfig(_Config):
@@ -125,3 +127,49 @@ class BaseRunConfig(_Config):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     candidates: CandidateConfig = CandidateConfig()
+
+
+class LLMConfig(_Config):
+    """The LLM endpoint and how it is called. The API key is never part of a config (nor of any key or log):
+    it is read from the environment variable named by `api_key_env` at call time."""
+
+    # The paper's models (gpt-3.5-turbo-0613/-16k, text-davinci-003) are shut down; this is a current small model.
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None  # None: $OPENAI_BASE_URL, else OpenAI's API
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = Field(0.6, ge=0.0, le=2.0)  # paper Table 4: tau = 0.6 is best
+    top_p: float = Field(0.1, gt=0.0, le=1.0)  # paper Table 4: top-p = 0.1 is best
+    max_tokens: int = Field(512, gt=0)  # official scripts ask for 1000; the JSON answers need far fewer
+    timeout_s: float = Field(60.0, gt=0)
+    max_in_flight: int = Field(8, ge=1)  # concurrent requests per process
+    rpm: int | None = Field(500, gt=0)  # requests per minute (None: unlimited)
+    tpm: int | None = Field(200_000, gt=0)  # tokens per minute, prompt + max completion (None: unlimited)
+    max_attempts: int = Field(6, ge=1)  # HTTP attempts on 429/5xx/timeouts/connection errors (one retry layer)
+    backoff_initial_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+    max_reasks: int = Field(2, ge=0)  # re-asks after a malformed or invalid answer, then the item is failed
+    cache_dir: Path | None = None  # response cache; None: <store>/llm-cache
+    price_table: Path | None = None  # YAML of USD per 1M input/output tokens; None: the packaged table
+
+
+class AugmentConfig(_Config):
+    """The three LLMRec augmentations (paper §3.1) and how they are batched."""
+
+    stages: tuple[Literal["edges", "profiles", "attributes"], ...] = ("edges", "profiles", "attributes")
+    users_per_batch: int = Field(50, gt=0)  # one Prefect task run per batch
+    items_per_batch: int = Field(100, gt=0)
+    items_per_request: int = Field(10, gt=0)  # the official script sends 1 item per request; we batch
+    max_history: int | None = None  # official code sends the whole training history; None keeps that
+    max_cost_usd: float | None = Field(None, gt=0)  # stop scheduling batches before this would be exceeded
+    max_batches_in_flight: int = Field(4, ge=1)  # batch task runs at once; each runs max_in_flight requests
+
+
+class AugmentRunConfig(BaseRunConfig):
+    """The `augment` flow: the base stage (for candidates) plus the LLM and augmentation settings."""
+
+    llm: LLMConfig = LLMConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    def base(self) -> BaseRunConfig:
+        """The base-stage part alone (so its cache keys equal those of `llmrec train`)."""
+        return BaseRunConfig(**{name: getattr(self, name) for name in BaseRunConfig.model_fields})

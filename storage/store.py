@@ -133,12 +133,13 @@ class ArtifactStore:
         return (self.folder(ref) / MANIFEST).is_file()
 
     @contextmanager
-    def write(self, stage: str, key: str, params: Any = None) -> Iterator[StageWriter]:
+    def write(self, stage: str, key: str, params: Any = None, *, replace: bool = False) -> Iterator[StageWriter]:
         """Write one stage output atomically.
 
         Usage: `with store.write("split", key, params) as w: w.table("train", df)`. On an exception nothing
         appears under the key. If another process completed the same key meanwhile, its output is kept: equal keys
-        mean equal content.
+        mean equal content. With `replace`, an existing output is swapped for the new one (a partial result, such
+        as an LLM batch with failed items, being completed by a re-run).
         """
         ref = ArtifactRef(_check_name(stage), _check_name(key))
         final = self.folder(ref)
@@ -158,8 +159,11 @@ class ArtifactStore:
                 "artifacts": writer.entries,
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-            if final.exists() and not (final / MANIFEST).is_file():
-                shutil.rmtree(final)  # leftover of an older crash without a manifest: not a real output
+            if final.exists() and (replace or not (final / MANIFEST).is_file()):
+                # Move the old output aside first so that `final` is never a mix of old and new files.
+                old = final.parent / f".old-{key}-{uuid.uuid4().hex[:8]}"
+                os.rename(final, old)
+                shutil.rmtree(old, ignore_errors=True)
             try:
                 os.rename(tmp, final)
             except OSError:

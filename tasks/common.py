@@ -31,6 +31,7 @@ STAGE_VERSIONS: dict[str, str] = {
 }
 
 KeyExtra = Callable[[Mapping[str, Any]], Any]
+CacheKeyFn = Callable[[TaskRunContext, dict[str, Any]], str | None]
 
 
 def stage_ref(stage: str, params: Mapping[str, Any], extra: KeyExtra | None = None) -> ArtifactRef:
@@ -41,11 +42,11 @@ def stage_ref(stage: str, params: Mapping[str, Any], extra: KeyExtra | None = No
     return ArtifactRef(stage, content_key(stage, STAGE_VERSIONS[stage], keyed))
 
 
-def cache_key_fn(stage: str, extra: KeyExtra | None = None) -> Callable[[TaskRunContext, dict[str, Any]], str | None]:
-    """A Prefect `cache_key_fn` that keys a task run on its stage output's content key."""
+def keyed_on(ref_of: Callable[[Mapping[str, Any]], ArtifactRef]) -> CacheKeyFn:
+    """A Prefect `cache_key_fn` that keys a task run on the content key of the output it writes."""
 
     def key(_: TaskRunContext, params: dict[str, Any]) -> str | None:
-        ref = stage_ref(stage, params, extra)
+        ref = ref_of(params)
         store = ArtifactStore(params["store_root"])
         cache_key = f"{ref.stage}-{ref.key}"
         if not store.exists(ref) and (store.root / PREFECT_RESULTS / cache_key).exists():
@@ -53,6 +54,11 @@ def cache_key_fn(stage: str, extra: KeyExtra | None = None) -> Callable[[TaskRun
         return cache_key
 
     return key
+
+
+def cache_key_fn(stage: str, extra: KeyExtra | None = None) -> CacheKeyFn:
+    """`keyed_on` for a stage whose key is all of its parameters but `store_root` (plus `extra`)."""
+    return keyed_on(lambda params: stage_ref(stage, params, extra))
 
 
 def bind(task: Task, store_root: str | Path) -> Task:

@@ -98,3 +98,16 @@ def test_atomic_json_keeps_old_file_on_failure(tmp_path):
         write_json(dest, circular)  # fails while serialising
     assert json.loads(dest.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_replace_swaps_a_partial_output(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with store.write("batch", "k4") as w:
+        w.json("summary", {"failed": 3})
+    with store.write("batch", "k4") as w:  # without replace, the first complete output is kept
+        w.json("summary", {"failed": 1})
+    assert store.read_json("batch/k4", "summary") == {"failed": 3}
+    with store.write("batch", "k4", replace=True) as w:
+        w.json("summary", {"failed": 0})
+    assert store.read_json("batch/k4", "summary") == {"failed": 0}
+    assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == ["k4"]
