@@ -1,0 +1,211 @@
+"""Versioned prompt templates for the three LLMRec augmentations (paper §3.1) and the data they are built from.
+
+Every prompt is two chat messages: a system message (the task) and a user message (the data). The official scripts
+put both in one user message and ask for `pos::neg` / `director::country::language` text (see the reference notes
+§A.3); here every answer is a JSON object, so it can be validated strictly. Each template has a version constant
+that is part of every response-cache key: change the wording, bump the version.
+
+Only TRAINING interactions reach a prompt (`build_user_contexts` is never given valid/test data), and every text
+field is sanitised first, so an item title cannot add prompt lines or fake `[i]` candidate markers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+EDGES_VERSION = "edges-v1"
+PROFILES_VERSION = "profiles-v1"
+ATTRIBUTES_VERSION = "attributes-v1"
+
+MAX_FIELD_CHARS = 200
+MISSING_TEXT = "unknown"  # shown for an absent year or empty genres, so every line keeps its three fields
+
+EDGES_SYSTEM = (
+    "You are a movie recommendation system. Based on the user's viewing history (title, year, genres), choose from "
+    "the candidate list the movie the user will like most and the one the user will like least."
+)
+PROFILES_SYSTEM = (
+    "You are required to generate a user profile based on the user's viewing history (title, year, genres). "
+    "Do not answer 'unknown': make an educated guess."
+)
+ATTRIBUTES_SYSTEM = (
+    "You are a movie search engine. Provide the director, country and language of each movie below."
+)
+EDGES_INSTRUCTION = (
+    'Answer with JSON only, no reasoning: {{"liked": <candidate index>, "disliked": <candidate index>}}. '
+    "Both indices must come from the candidate list (0 to {last}) and must differ."
+)
+PROFILES_INSTRUCTION = (
+    'Answer with JSON only: {"age": <integer>, "gender": "male" or "female", "liked_genres": [...], '
+    '"disliked_genres": [...], "liked_directors": [...], "country": "...", "language": "..."}'
+)
+ATTRIBUTES_INSTRUCTION = (
+    'Answer with JSON only: {"items": [{"id": <item id>, "director": "...", "country": "...", "language": "..."}, '
+    "...]} with one entry per movie above."
+)
+
+Messages = list[dict[str, str]]
+
+_WHITESPACE = re.compile(r"\s+")  # includes \n, \r, \x1c-\x1f, \x85, \u2028, \u2029: everything splitlines() breaks on
+_BRACKETS = str.maketrans({"[": "(", "]": ")", "{": "(", "}": ")", "［": "(", "］": ")", "｛": "(", "｝": ")"})
+
+
+@dataclass(frozen=True)
+class ItemText:
+    """The text of one item as shown to the LLM. `genres` may be '|'-joined (dataset form) or ', '-joined."""
+
+    item_id: int
+    title: str
+    year: int | None
+    genres: str
+
+
+@dataclass(frozen=True)
+class UserContext:
+    """One user's prompt data, from training interactions only.
+
+    history: training items in train-row order (the most recent `max_history` when truncated).
+    candidates: the base model's candidates, best first, without training items.
+    train_item_ids: ALL of the user's training items (also those cut from a truncated history), so a liked or
+    disliked item can be checked against the full history.
+    """
+
+    user_id: int
+    history: list[ItemText]
+    candidates: list[ItemText]
+    train_item_ids: frozenset[int] = field(default_factory=frozenset)
+
+    def forbidden_item_ids(self) -> frozenset[int]:
+        """Items an edge answer must not name: the user's training items."""
+        return self.train_item_ids | {item.item_id for item in self.history}
+
+
+def sanitize(text: object) -> str:
+    """One safe line of at most 200 characters: whitespace runs (newlines included) become one space, other
+    control/format characters are dropped, and brackets []{} become (), so the text cannot start a new prompt
+    line or imitate a `[i]` marker."""
+    if text is None or (isinstance(text, float) and text != text):  # None or NaN
+        return ""
+    s = _WHITESPACE.sub(" ", str(text))
+    s = "".join(ch for ch in s if not unicodedata.category(ch).startswith("C"))
+    return s.translate(_BRACKETS).strip()[:MAX_FIELD_CHARS].strip()
+
+
+def _genres_text(genres: str) -> str:
+    parts = [sanitize(g) for g in re.split(r"[|,]", genres or "")]
+    return ", ".join(p for p in parts if p) or MISSING_TEXT
+
+
+def item_line(item: ItemText) -> str:
+    """`<title> | <year> | <genres>` with sanitised fields; '|' inside a title becomes '/' so that the three
+    fields stay unambiguous."""
+    title = sanitize(item.title).replace("|", "/")
+    year = str(int(item.year)) if item.year is not None else MISSING_TEXT
+    return f"{title} | {year} | {_genres_text(item.genres)}"
+
+
+def _history_lines(ctx: UserContext) -> list[str]:
+    return ["User history:", *(f"- {item_line(item)}" for item in ctx.history)]
+
+
+def edges_messages(ctx: UserContext) -> Messages:
+    """The edge-augmentation prompt: pick a liked and a disliked candidate by index (paper §3.1.1)."""
+    if not ctx.candidates:
+        raise ValueError(f"user {ctx.user_id} has no candidates")
+    lines = _history_lines(ctx) + ["Candidates:"]
+    lines += [f"[{i}] {item_line(item)}" for i, item in enumerate(ctx.candidates)]
+    lines.append(EDGES_INSTRUCTION.format(last=len(ctx.candidates) - 1))
+    return [{"role": "system", "content": EDGES_SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def profile_messages(ctx: UserContext) -> Messages:
+    """The user-profiling prompt (paper §3.1.2), with the official fields as JSON keys."""
+    lines = _history_lines(ctx) + [PROFILES_INSTRUCTION]
+    return [{"role": "system", "content": PROFILES_SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def attributes_messages(items: Sequence[ItemText]) -> Messages:
+    """The item-attribute prompt for several items at once (the official script sends one per request)."""
+    if not items:
+        raise ValueError("attributes_messages needs at least one item")
+    lines = ["Movies:", *(f"[{int(item.item_id)}] {item_line(item)}" for item in items), ATTRIBUTES_INSTRUCTION]
+    return [{"role": "system", "content": ATTRIBUTES_SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def prompt_hash(messages: Messages) -> str:
+    """sha256 of the canonical JSON of the messages (the LLM server hashes the same form)."""
+    canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def item_texts(items: pd.DataFrame, item_ids: Iterable[int] | None = None) -> dict[int, ItemText]:
+    """ItemText by item id from an items table (item_id, title, year nullable, genres), for `item_ids` or all."""
+    table = items.set_index("item_id", drop=False)
+    if item_ids is not None:
+        wanted = pd.Index(pd.unique(pd.Series(list(item_ids), dtype="int64")))
+        missing = wanted.difference(table.index)
+        if len(missing):
+            raise ValueError(f"item {int(missing[0])} is not in the items table ({len(missing)} items missing)")
+        table = table.loc[wanted]
+    years = table["year"] if "year" in table else pd.Series(pd.NA, index=table.index)
+    genres = table["genres"] if "genres" in table else pd.Series("", index=table.index)
+    out: dict[int, ItemText] = {}
+    for item_id, title, year, genre in zip(table["item_id"], table["title"], years, genres, strict=True):
+        out[int(item_id)] = ItemText(
+            int(item_id),
+            "" if pd.isna(title) else str(title),
+            None if pd.isna(year) else int(year),
+            "" if pd.isna(genre) else str(genre),
+        )
+    return out
+
+
+def build_user_contexts(
+    train: pd.DataFrame,
+    items: pd.DataFrame,
+    candidates: pd.DataFrame,
+    user_ids: Iterable[int],
+    max_history: int | None,
+) -> list[UserContext]:
+    """One UserContext per user id (in the given order) from TRAINING interactions only.
+
+    train: (user_id, item_id) in train-row order; a repeated item keeps its last position. History = the user's
+    training items in that order, truncated to the most recent `max_history` (None: all, as the official code).
+    candidates: (user_id, rank, item_id, score); padding ids (< 0) and training items are dropped. A user with no
+    candidates gets an empty list; a user with no training rows gets an empty history.
+    """
+    if max_history is not None and max_history < 1:
+        raise ValueError(f"max_history must be >= 1 or None, got {max_history}")
+    users = [int(u) for u in user_ids]
+    wanted = set(users)
+    rows = train.loc[train["user_id"].isin(wanted), ["user_id", "item_id"]].astype("int64")
+    rows = rows.drop_duplicates(keep="last")
+    cands = candidates.loc[candidates["user_id"].isin(wanted) & candidates["item_id"].notna()]
+    cands = cands.loc[cands["item_id"] >= 0, ["user_id", "rank", "item_id"]].astype("int64")
+    cands = cands.sort_values(["user_id", "rank"], kind="stable")
+    history_of = {int(u): g["item_id"].tolist() for u, g in rows.groupby("user_id", sort=False)}
+    cands_of = {int(u): g["item_id"].tolist() for u, g in cands.groupby("user_id", sort=False)}
+    texts = item_texts(items, [*rows["item_id"].tolist(), *cands["item_id"].tolist()])
+
+    contexts = []
+    for user in users:
+        full = history_of.get(user, [])
+        shown = full[-max_history:] if max_history is not None else full
+        seen = set(full)
+        # Candidates from our base model never contain training items; the official candidates could, and the
+        # official prompt could only ask the model to avoid them. Here they are never offered.
+        offered = list(dict.fromkeys(i for i in cands_of.get(user, []) if i not in seen))
+        contexts.append(UserContext(
+            user_id=user,
+            history=[texts[i] for i in shown],
+            candidates=[texts[i] for i in offered],
+            train_item_ids=frozenset(full),
+        ))
+    return contexts

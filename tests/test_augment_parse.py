@@ -1,0 +1,165 @@
+"""Answer parsing and validation: every rule of the templates, with precise reasons."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+
+import pytest
+
+from recsys.augment.parse import extract_json, validate_attributes, validate_edges, validate_profile
+from recsys.augment.prompts import ItemText, UserContext
+
+CTX = UserContext(
+    user_id=1,
+    history=[ItemText(100, "Heat", 1995, "Action")],
+    candidates=[ItemText(200 + i, f"C{i}", 2000, "Drama") for i in range(10)],
+    train_item_ids=frozenset({100, 101}),
+)
+PROFILE = {"age": 34, "gender": "Female", "liked_genres": ["Drama", "Comedy"], "disliked_genres": [],
+           "liked_directors": ["Ang Lee"], "country": "USA", "language": "English"}
+
+
+def test_extract_plain_fenced_and_prose() -> None:
+    assert extract_json('{"liked": 1, "disliked": 2}').value == {"liked": 1, "disliked": 2}
+    fenced = 'Sure! Here it is:\n```json\n{"liked": 3, "disliked": 4}\n```\nHope that helps {really}.'
+    assert extract_json(fenced).value == {"liked": 3, "disliked": 4}
+    assert extract_json("```\n{\"a\": 1}\n```").value == {"a": 1}
+    prose = 'I think the answer is {"liked": 5, "disliked": 6} because of the genres.'
+    assert extract_json(prose).value == {"liked": 5, "disliked": 6}
+    # braces inside strings do not end the object; the first balanced object wins
+    tricky = 'x {"t": "a } b { c", "n": {"m": [1, 2]}} {"other": 1}'
+    assert extract_json(tricky).value == {"t": "a } b { c", "n": {"m": [1, 2]}}
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "answer is not JSON: the answer is empty"),
+    (None, "answer is not JSON: the answer is empty"),
+    ("liked: 3, disliked: 4", "answer is not JSON: no '{' found"),
+    ('{"liked": 3, "disliked": ', "answer is not JSON: unbalanced braces"),
+    ("{'liked': 3, 'disliked': 4}", "answer is not JSON: Expecting property name"),
+    ('{"liked": NaN, "disliked": 1}', "answer is not JSON: NaN is not a JSON number"),
+    ("x" * 100_001, "answer is not JSON: the answer is 100001 characters long"),
+])
+def test_extract_rejects(text: str | None, reason: str) -> None:
+    verdict = extract_json(text)
+    assert not verdict.ok and verdict.value is None
+    assert verdict.reason.startswith(reason)
+
+
+def test_edges_valid_maps_indices_to_item_ids() -> None:
+    verdict = validate_edges('```json\n{"liked": 0, "disliked": 9}\n```', CTX)
+    assert verdict.ok and verdict.value == {"pos_item_id": 200, "neg_item_id": 209}
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ({"liked": 12, "disliked": 1}, "liked index 12 is outside the candidate list 0..9"),
+    ({"liked": 1, "disliked": -1}, "disliked index -1 is outside the candidate list 0..9"),
+    ({"liked": 3, "disliked": 3}, "liked and disliked are the same index 3"),
+    ({"disliked": 3}, "missing field 'liked'"),
+    ({"liked": "3", "disliked": 4}, "liked index '3' is not an integer"),
+    ({"liked": True, "disliked": 4}, "liked index true is not an integer"),
+    ({"liked": 2.0, "disliked": 4}, "liked index 2.0 is not an integer"),
+    ({"liked": "Toy Story", "disliked": 4}, "liked index 'Toy Story' is not an integer"),
+    ([1, 2], "answer is not JSON: no '{' found"),
+])
+def test_edges_rejects(answer: object, reason: str) -> None:
+    verdict = validate_edges(json.dumps(answer), CTX)
+    assert (verdict.ok, verdict.reason) == (False, reason)
+
+
+def test_edges_rejects_items_in_training_history() -> None:
+    ctx = UserContext(1, CTX.history, [ItemText(100, "Heat", 1995, "Action"), ItemText(7, "X", None, ""),
+                                       ItemText(101, "Old", None, "")], frozenset({100, 101}))
+    assert validate_edges('{"liked": 0, "disliked": 1}', ctx).reason == (
+        "liked item 100 is in the user's training history")
+    assert validate_edges('{"liked": 1, "disliked": 2}', ctx).reason == (
+        "disliked item 101 is in the user's training history")
+    assert validate_edges('{"liked": 1, "disliked": 0}', ctx).reason.endswith("is in the user's training history")
+
+
+def test_profile_valid_is_normalised() -> None:
+    verdict = validate_profile("Profile:\n" + json.dumps({**PROFILE, "extra": 1}))
+    assert verdict.ok
+    assert verdict.value == {**PROFILE, "gender": "female"}
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"age": "old"}, "age 'old' is not an integer"),
+    ({"age": 150}, "age 150 is outside 5..100"),
+    ({"age": None}, "age null is not an integer"),
+    ({"gender": "other"}, "gender 'other' is not 'male' or 'female'"),
+    ({"liked_genres": "Drama"}, "liked_genres 'Drama' is not a list of strings"),
+    ({"liked_genres": [str(i) for i in range(11)]}, "liked_genres has 11 entries (at most 10)"),
+    ({"disliked_genres": ["Horror", 3]}, "disliked_genres entry 1 3 is not a string"),
+    ({"liked_directors": ["x" * 101]}, "liked_directors entry 0 is longer than 100 characters"),
+    ({"liked_directors": [" "]}, "liked_directors entry 0 is empty"),
+    ({"country": ""}, "country is empty"),
+    ({"country": "Unknown"}, "country 'Unknown' is a placeholder, not an answer"),
+    ({"liked_directors": ["..."]}, "liked_directors entry 0 '...' is a placeholder, not an answer"),
+    ({"language": 5}, "language 5 is not a string"),
+])
+def test_profile_rejects(change: dict, reason: str) -> None:
+    verdict = validate_profile(json.dumps({**PROFILE, **change}))
+    assert (verdict.ok, verdict.reason) == (False, reason)
+
+
+def test_profile_missing_field() -> None:
+    answer = {k: v for k, v in PROFILE.items() if k != "country"}
+    assert validate_profile(json.dumps(answer)).reason == "missing field 'country'"
+
+
+def _entry(item_id: object, **fields: str) -> dict:
+    return {"id": item_id, "director": "Ridley Scott", "country": "UK", "language": "English", **fields}
+
+
+def test_attributes_partial_answer_keeps_valid_entries() -> None:
+    asked = {1: "Alien (1979)", 2: "Babe (1995)", 3: "Heat (1995)", 4: "Up (2009)", 5: "Jaws (1975)", 6: "Big",
+             7: "Obscure", 8: "Other"}
+    answer = {"items": [
+        _entry(1),
+        _entry(2, country=""),
+        _entry(3), _entry(3, director="Someone"),
+        {"id": 4, "director": "Pete Docter", "language": "English"},
+        _entry(5, director="Jaws"),
+        _entry(7, country="Unknown", language="unknown"),
+        _entry(8, director="director"),
+        _entry("6"),
+        _entry(99),  # not asked: ignored
+        "garbage",
+    ]}
+    verdict = validate_attributes("```json\n" + json.dumps(answer) + "\n```", asked)
+    assert verdict.valid == {1: {"director": "Ridley Scott", "country": "UK", "language": "English"},
+                             7: {"director": "Ridley Scott", "country": "Unknown", "language": "unknown"}}
+    assert verdict.invalid == {
+        2: "item 2: country is empty",
+        3: "item 3 appears 2 times in the answer",
+        4: "item 4: missing field 'country'",
+        5: "item 5: director 'Jaws' repeats the movie's title",
+        6: "item 6 is missing from the answer",
+        8: "item 8: director 'director' is a placeholder, not an answer",
+    }
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("no json here", "answer is not JSON: no '{' found"),
+    ('{"entries": []}', "missing field 'items'"),
+    ('{"items": {"id": 1}}', 'items {"id": 1} is not a list'),
+])
+def test_attributes_whole_answer_rejected(text: str, reason: str) -> None:
+    verdict = validate_attributes(text, {1: "A", 2: "B"})
+    assert verdict.valid == {} and verdict.invalid == {1: reason, 2: reason}
+
+
+def test_validators_never_raise_on_junk() -> None:
+    rng = random.Random(0)
+    alphabet = string.printable + "{}[]\"'"
+    for _ in range(400):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        for verdict in (validate_edges(text, CTX), validate_profile(text)):
+            assert verdict.ok or verdict.reason
+        attrs = validate_attributes(text, {1: "A"})
+        assert set(attrs.valid) | set(attrs.invalid) == {1}
+    deep = "[" * 5000 + "]" * 5000
+    assert not validate_profile("{" + '"a": ' + deep + "}").ok
