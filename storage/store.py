@@ -61,8 +61,9 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _arrow_schema(table: pa.Table) -> dict[str, str]:
-    return {f.name: str(f.type) for f in table.schema}
+def _arrow_schema(obj: pa.Table | pa.Schema) -> dict[str, str]:
+    schema = obj if isinstance(obj, pa.Schema) else obj.schema
+    return {f.name: str(f.type) for f in schema}
 
 
 class StageWriter:
@@ -87,7 +88,8 @@ class StageWriter:
             "kind": "table",
             "file": path.name,
             "rows": table.num_rows,
-            "schema": _arrow_schema(table),
+            # As the file stores it: Parquet renames list fields (item -> element) on the way in.
+            "schema": _arrow_schema(pq.read_schema(path)),
         }
 
     def tensors(self, name: str, tensors: Mapping[str, Any]) -> None:

@@ -111,3 +111,12 @@ def test_replace_swaps_a_partial_output(tmp_path):
         w.json("summary", {"failed": 0})
     assert store.read_json("batch/k4", "summary") == {"failed": 0}
     assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == ["k4"]
+
+
+def test_list_columns_round_trip(tmp_path):
+    store = ArtifactStore(tmp_path)
+    df = pd.DataFrame({"user_id": [1, 2], "liked_genres": [["Drama", "Comedy"], []]})
+    with store.write("profiles", "k5") as w:
+        w.table("rows", df)
+    back = store.read_table("profiles/k5", "rows")
+    assert [list(v) for v in back["liked_genres"]] == [["Drama", "Comedy"], []]
