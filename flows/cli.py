@@ -13,9 +13,12 @@ from rich.table import Table
 
 from recsys.config import (
     DATA_DIR_ENV,
+    AugmentConfig,
+    AugmentRunConfig,
     BaseRunConfig,
     CandidateConfig,
     DataConfig,
+    LLMConfig,
     ModelConfig,
     SplitConfig,
     TrainConfig,
@@ -96,6 +99,64 @@ def train(
         raise _fail(str(e)) from None
     console.print(metrics_table(result["metrics"]))
     console.print(f"wrote {out / 'metrics.json'} and {out / 'candidates.parquet'}")
+
+
+@app.command()
+def augment(
+    base_url: str | None = typer.Option(None, envvar="OPENAI_BASE_URL",
+                                        help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
+    model: str = typer.Option(LLMConfig().model, help="LLM model name at that endpoint."),
+    stages: str = typer.Option("edges,profiles,attributes", help="Comma-separated: edges, profiles, attributes."),
+    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m, or a path to your interactions."),
+    data_dir: Path | None = typer.Option(None, help=f"Where MovieLens lives [env {DATA_DIR_ENV}]."),
+    split_dir: Path | None = typer.Option(None, help="Use this split: train/valid/test Parquet or CSV."),
+    base_model: ModelName = typer.Option(ModelName.lightgcn, help="Base recommender proposing the candidates."),
+    epochs: int = typer.Option(1000, help="Maximum epochs of the base model."),
+    out: Path = typer.Option(Path("runs/augment"), help="Output folder."),
+    max_cost_usd: float | None = typer.Option(None, help="Budget: stop before spending more than this."),
+    users_per_batch: int = typer.Option(AugmentConfig().users_per_batch, help="Users per Prefect task run."),
+    rpm: int = typer.Option(LLMConfig().rpm, help="Requests per minute allowed by your endpoint."),
+    tpm: int = typer.Option(LLMConfig().tpm, help="Tokens per minute allowed by your endpoint."),
+    price_table: Path | None = typer.Option(None, help="YAML of USD per 1M input/output tokens per model."),
+    store: Path | None = typer.Option(None, help="Artifact store shared by runs [env LLMREC_STORE]."),
+) -> None:
+    """LLM augmentation (paper §3.1) as the Prefect flow `augment`: u-i edges, user profiles, item attributes.
+
+    Trains the base model first when its candidates are not in the store yet. The API key is read from
+    $OPENAI_API_KEY and never written anywhere.
+    """
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        data_dir = Path(os.environ[DATA_DIR_ENV])
+    try:
+        config = AugmentRunConfig(
+            data=DataConfig(dataset=dataset, data_dir=data_dir),
+            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
+            model=ModelConfig(name=base_model.value),
+            train=TrainConfig(max_epochs=epochs),
+            llm=LLMConfig(model=model, base_url=base_url, rpm=rpm, tpm=tpm, price_table=price_table),
+            augment=AugmentConfig(stages=tuple(s.strip() for s in stages.split(",") if s.strip()),
+                                  max_cost_usd=max_cost_usd, users_per_batch=users_per_batch),
+        )
+    except ValueError as e:
+        raise _fail(str(e)) from None
+
+    from flows.augment import AugmentFailed, augment_flow
+
+    try:
+        result = augment_flow(config=config, store_root=str(store) if store else None, out_dir=str(out))
+    except (DataError, FileNotFoundError, AugmentFailed) as e:
+        raise _fail(str(e)) from None
+    console.print(f"rows: {result['rows']}; failed items: {result['failed']}; cost ${result['cost_usd']:.6f}")
+    console.print(f"wrote {out}/*.parquet and the ledger under {result['ledger']}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def llm_server(ctx: typer.Context) -> None:
+    """Serve the local OpenAI-compatible endpoint (NOT a language model: transparent heuristics for offline
+    runs and tests). Options: --host, --port and fault flags; see `llmrec llm-server --help`."""
+    from recsys.llm.server import main as serve_main
+
+    raise typer.Exit(code=serve_main(ctx.args))
 
 
 def main() -> None:

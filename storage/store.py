@@ -61,6 +61,18 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _readable_by_pandas(table: pa.Table) -> pa.Table:
+    """Keep pandas' metadata (it restores nullable ints, strings) but not the Arrow-backed dtype names it writes
+    for list columns, such as 'list<item: string>[pyarrow]', which pandas itself cannot parse back."""
+    meta = table.schema.pandas_metadata
+    if not meta:
+        return table
+    for column in meta.get("columns", []):
+        if "[pyarrow]" in str(column.get("numpy_type")):
+            column["numpy_type"] = "object"
+    return table.replace_schema_metadata({**table.schema.metadata, b"pandas": json.dumps(meta).encode()})
+
+
 def _arrow_schema(obj: pa.Table | pa.Schema) -> dict[str, str]:
     schema = obj if isinstance(obj, pa.Schema) else obj.schema
     return {f.name: str(f.type) for f in schema}
@@ -82,7 +94,7 @@ class StageWriter:
     def table(self, name: str, df: pd.DataFrame) -> None:
         """Write a DataFrame as Parquet (index dropped)."""
         path = self._target(name, ".parquet")
-        table = pa.Table.from_pandas(df, preserve_index=False)
+        table = _readable_by_pandas(pa.Table.from_pandas(df, preserve_index=False))
         pq.write_table(table, path)
         self.entries[name] = {
             "kind": "table",

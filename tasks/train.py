@@ -27,7 +27,7 @@ def train_model(store_root: str, split_ref: str, model: ModelConfig, train: Trai
         return str(ref)
     logger = get_run_logger()
     data, _ = read_dense_split(store, split_ref)
-    net = build_model(model, data)
+    net = build_model(model, data, seed=train.seed)
 
     def report(r: EpochReport) -> None:
         logger.info("%s", r.describe())
@@ -35,7 +35,7 @@ def train_model(store_root: str, split_ref: str, model: ModelConfig, train: Trai
     result = fit(net, data, train, eval, on_epoch=report)
     with store.write(ref.stage, ref.key, params) as w:
         w.tensors("checkpoint", result.best_state)
-        w.table("history", pd.DataFrame(result.history))
+        w.table("history", history_frame(result.history))
         w.json("fit", {
             "model": model.name,
             "best_epoch": result.best_epoch,
@@ -46,6 +46,13 @@ def train_model(store_root: str, split_ref: str, model: ModelConfig, train: Trai
         })
     logger.info("best epoch %d of %d; valid %s", result.best_epoch, result.epochs_run, _fmt(result.best_valid))
     return str(ref)
+
+
+def history_frame(history: list[dict]) -> pd.DataFrame:
+    """One row per epoch; the loss parts ({"bpr": .., "reg": ..}) become loss_bpr, loss_reg columns."""
+    rows = [{**{k: v for k, v in h.items() if k != "parts"},
+             **{f"loss_{name}": value for name, value in h.get("parts", {}).items()}} for h in history]
+    return pd.DataFrame(rows)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -46,3 +46,20 @@ def reference_split_dir() -> Path:
     if not (folder / "train.parquet").is_file():
         pytest.skip(f"reference split not found at {folder}")
     return folder
+
+
+SMALL_USERS = 60
+
+
+@pytest.fixture(scope="session")
+def small_movielens(tmp_path_factory, ml100k_dir) -> Path:
+    """The first 60 users of ML-100K and the movies they rated: real rows, written to a temp folder."""
+    from recsys.data.movielens import load_ml100k
+
+    ds = load_ml100k(ml100k_dir)
+    users = sorted(ds.interactions["user_id"].unique())[:SMALL_USERS]
+    inter = ds.interactions[ds.interactions["user_id"].isin(users)]
+    folder = tmp_path_factory.mktemp("ml-small")
+    inter.to_parquet(folder / "interactions.parquet", index=False)
+    ds.items[ds.items["item_id"].isin(inter["item_id"])].to_parquet(folder / "items.parquet", index=False)
+    return folder

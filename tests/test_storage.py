@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
@@ -115,8 +116,12 @@ def test_replace_swaps_a_partial_output(tmp_path):
 
 def test_list_columns_round_trip(tmp_path):
     store = ArtifactStore(tmp_path)
-    df = pd.DataFrame({"user_id": [1, 2], "liked_genres": [["Drama", "Comedy"], []]})
+    lists = pd.Series([["Drama", "Comedy"], []], dtype=pd.ArrowDtype(pa.list_(pa.string())))
+    df = pd.DataFrame({"user_id": [1, 2], "liked_genres": lists, "plain": [["a"], ["b", "c"]],
+                       "year": pd.array([1995, None], dtype="Int64")})
     with store.write("profiles", "k5") as w:
         w.table("rows", df)
     back = store.read_table("profiles/k5", "rows")
     assert [list(v) for v in back["liked_genres"]] == [["Drama", "Comedy"], []]
+    assert [list(v) for v in back["plain"]] == [["a"], ["b", "c"]]
+    assert str(back["year"].dtype) == "Int64" and back["year"].isna().tolist() == [False, True]

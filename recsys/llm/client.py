@@ -239,7 +239,7 @@ class LLMClient:
         def one_attempt() -> tuple[str, int, int]:
             nonlocal attempts
             attempts += 1
-            return self._attempt(messages, prompt_estimate, attempts, tags)
+            return self._attempt(messages, prompt_estimate, attempts, tags, key)
 
         retrying = Retrying(
             stop=stop_after_attempt(self.cfg.max_attempts),
@@ -255,13 +255,13 @@ class LLMClient:
                               f"{exc.description} after {attempts} attempts")
         except _AttemptFailed as exc:
             return ChatResult(None, 0, 0, False, attempts, time.monotonic() - started, exc.description)
-        self.cache.put(key, {"text": text, "prompt_tokens": pt, "completion_tokens": ct, "model": self.cfg.model})
         return ChatResult(text, pt, ct, False, attempts, time.monotonic() - started, None)
 
     def _attempt(
-        self, messages: list[dict[str, str]], prompt_estimate: int, attempt: int, tags: dict[str, str]
+        self, messages: list[dict[str, str]], prompt_estimate: int, attempt: int, tags: dict[str, str], key: str
     ) -> tuple[str, int, int]:
-        """One HTTP request under the limiter; emits its usage event; raises `_AttemptFailed` on failure."""
+        """One HTTP request under the limiter; caches the answer, emits its usage event; raises `_AttemptFailed`
+        on failure."""
         reservation = self.limiter.acquire(prompt_estimate + self.cfg.max_tokens)
         actual_tokens: int | None = None
         t0 = time.monotonic()
@@ -275,6 +275,9 @@ class LLMClient:
                     max_tokens=self.cfg.max_tokens,
                 )
                 text, pt, ct = self._read_answer(response, prompt_estimate)
+                # Cache first, before any bookkeeping: an answer paid for is kept even if the process dies now.
+                self.cache.put(key, {"text": text, "prompt_tokens": pt, "completion_tokens": ct,
+                                     "model": self.cfg.model})
             except Exception as exc:
                 latency = time.monotonic() - t0
                 failure = self._classify(exc)

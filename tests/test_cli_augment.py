@@ -1,0 +1,49 @@
+"""`llmrec llm-server` and `llmrec augment` as a user runs them: two processes talking HTTP on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO, SMALL_USERS
+
+
+@pytest.mark.slow
+def test_cli_server_and_augment(small_movielens, tmp_path):
+    server = subprocess.Popen([sys.executable, "-m", "flows.cli", "llm-server", "--port", "0"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line, deadline = "", time.monotonic() + 60
+        while "listening on" not in line and time.monotonic() < deadline:
+            line = server.stdout.readline()
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+        assert match, f"no startup line from the server: {line!r}"
+        out = tmp_path / "out"
+        env = {**os.environ, "LLMREC_STORE": str(tmp_path / "store"), "OPENAI_API_KEY": "sk-cli-test-secret-0000"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "augment", "--base-url", f"{match.group(1)}/v1",
+             "--model", "llmrec-heuristic", "--stages", "profiles,attributes", "--dataset", str(small_movielens),
+             "--base-model", "mf", "--epochs", "2", "--out", str(out)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    profiles = pd.read_parquet(out / "user_profiles.parquet")
+    attributes = pd.read_parquet(out / "item_attributes.parquet")
+    items = pd.read_parquet(small_movielens / "items.parquet")
+    assert sorted(profiles["user_id"]) == list(range(1, SMALL_USERS + 1))
+    assert set(attributes["item_id"]) == set(items["item_id"])
+    assert profiles["age"].between(5, 100).all() and profiles["gender"].isin(["male", "female"]).all()
+    ledger_files = list((out / "ledger").rglob("*.parquet"))
+    assert ledger_files
+    # The API key is read from the environment and written nowhere.
+    written = [p for p in [*out.rglob("*"), *(tmp_path / "store").rglob("*")] if p.is_file()]
+    assert not [p for p in written if b"sk-cli-test-secret" in p.read_bytes()]
+    assert "sk-cli-test-secret" not in proc.stdout + proc.stderr
