@@ -32,7 +32,7 @@ def train_model(store_root: str, split_ref: str, model: ModelConfig, train: Trai
     def report(r: EpochReport) -> None:
         logger.info("%s", r.describe())
 
-    result = fit(net, data, train, eval, on_epoch=report)
+    result = fit(net, data, train.tuned_for(model.name), eval, on_epoch=report)
     with store.write(ref.stage, ref.key, params) as w:
         w.tensors("checkpoint", result.best_state)
         w.table("history", history_frame(result.history))

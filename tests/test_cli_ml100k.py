@@ -42,5 +42,7 @@ def test_bad_dataset_path_gives_one_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--dataset", str(missing), "--out",
                            str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert str(missing) in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    # stdout holds one clear line; stderr holds Prefect's log of the failed task run.
+    assert proc.stdout.strip().splitlines() == [proc.stdout.strip()]
+    assert proc.stdout.startswith("error:") and str(missing) in proc.stdout and "Traceback" not in proc.stdout
     assert not (tmp_path / "out" / "metrics.json").exists()

@@ -1,0 +1,197 @@
+"""The one generic training loop: BPR mini-batches, validation every `eval_every` epochs, early stopping.
+
+Model selection reads only data.train and data.valid; data.test is never touched here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.config import EvalConfig, TrainConfig
+from recsys.data.dataset import DenseSplit
+from recsys.eval.ranking import RankingEvaluator
+from recsys.models.base import Recommender
+from recsys.train.sampling import NegativeSampler, epoch_triplets
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What happened in one epoch; handed to the `on_epoch` callback (e.g. for logging or progress)."""
+
+    epoch: int  # 1-based
+    loss: float  # mean total loss over the epoch's triplets
+    parts: dict[str, float]  # mean of each loss part ("bpr", "reg", ...)
+    seconds: float  # training time of the epoch, evaluation excluded
+    eval_seconds: float | None
+    valid: dict[str, float] | None  # None when this epoch was not evaluated
+    best_epoch: int  # best so far (0 before the first evaluation)
+    best_value: float  # best monitored valid value so far (-inf before the first evaluation)
+    is_best: bool
+    epochs_without_improvement: int
+
+    def describe(self) -> str:
+        """One log line, e.g. 'epoch 12 loss 0.2104 (bpr 0.2012, reg 9.21) 0.15s | valid ndcg@10 0.2410 *'."""
+        parts = ", ".join(f"{k} {v:.4g}" for k, v in self.parts.items())
+        line = f"epoch {self.epoch} loss {self.loss:.4f} ({parts}) {self.seconds:.2f}s"
+        if self.valid is not None:
+            shown = {k: v for k, v in self.valid.items() if k.startswith(("recall@", "ndcg@"))}
+            line += " | valid " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+            line += " *" if self.is_best else f" (best {self.best_value:.4f} @ {self.best_epoch})"
+        return line
+
+
+@dataclass
+class FitResult:
+    """Outcome of `fit`. The model passed to `fit` holds best_state when it returns."""
+
+    best_epoch: int  # 1-based
+    best_valid: dict[str, float]
+    history: list[dict[str, Any]]  # per epoch: epoch, loss, parts, seconds, eval_seconds, valid_<metric>...
+    seconds_per_epoch: float  # median training-only epoch time
+    epochs_run: int
+    best_state: dict[str, torch.Tensor]  # CPU copy of the best model's state_dict
+    device: str
+    monitor: str
+    stopped_early: bool
+    total_seconds: float = 0.0  # wall time of the whole fit, evaluation included
+    eval_seconds: float = field(default=float("nan"))  # median time of one validation pass
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' fails clearly when there is no GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def _check_pairs(pairs: np.ndarray, data: DenseSplit, what: str) -> np.ndarray:
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if pairs.size and (
+        pairs[:, 0].min() < 0 or pairs[:, 0].max() >= data.n_users
+        or pairs[:, 1].min() < 0 or pairs[:, 1].max() >= data.n_items
+    ):
+        raise ValueError(f"{what} pairs hold ids outside 0..n_users-1 / 0..n_items-1")
+    return pairs
+
+
+def fit(
+    model: Recommender,
+    data: DenseSplit,
+    train_cfg: TrainConfig,
+    eval_cfg: EvalConfig,
+    *,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> FitResult:
+    """Train `model` with BPR on data.train, select the best epoch by valid `train_cfg.monitor`, restore it.
+
+    Early stopping: stop after `patience` consecutive evaluations without a strictly better monitored value.
+    Seeds torch and the numpy sampling Generator from train_cfg.seed (weights are initialised by the caller).
+    """
+    start = time.perf_counter()
+    if train_cfg.num_threads is not None:
+        torch.set_num_threads(train_cfg.num_threads)
+    torch.manual_seed(train_cfg.seed)
+    rng = np.random.default_rng(train_cfg.seed)
+    device = resolve_device(train_cfg.device)
+    model.to(device)
+
+    train = _check_pairs(data.train, data, "train")
+    _check_pairs(data.valid, data, "valid")
+    if len(train) == 0:
+        raise ValueError("no train pairs")
+    metric_name, _, k = train_cfg.monitor.partition("@")
+    ks = tuple(sorted(set(eval_cfg.ks) | {int(k)}))
+    evaluator = RankingEvaluator(data, "valid", ks, eval_cfg.batch_users)
+    if evaluator.users.size == 0:
+        raise ValueError("no user has a valid item; early stopping needs a validation split")
+    if train_cfg.lr is None or train_cfg.reg_weight is None:
+        raise ValueError("lr and reg_weight are unset: pass TrainConfig.tuned_for(model_name) or set them")
+    sampler = NegativeSampler(train, data.n_users, data.n_items)
+    opt_cls = torch.optim.AdamW if train_cfg.optimizer == "adamw" else torch.optim.Adam
+    # The fused kernel updates each table in one pass (about 2x faster per step on CPU than the default loop).
+    optimizer = opt_cls(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
+                        fused=device.type in ("cpu", "cuda"))
+
+    history: list[dict[str, Any]] = []
+    train_times: list[float] = []
+    eval_times: list[float] = []
+    best_value, best_epoch, best_valid = -math.inf, 0, {}
+    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    bad = 0
+    stopped_early = False
+    bs = train_cfg.batch_size
+    model.train()
+    for epoch in range(1, train_cfg.max_epochs + 1):
+        t0 = time.perf_counter()
+        users, pos, neg = epoch_triplets(train, sampler, train_cfg.n_negatives, rng)
+        # One host-to-device copy per epoch; batches are then views.
+        users_t = torch.from_numpy(users).to(device)
+        pos_t = torch.from_numpy(pos).to(device)
+        neg_t = torch.from_numpy(neg if train_cfg.n_negatives > 1 else neg[:, 0]).to(device)
+        loss_sum = torch.zeros((), device=device)
+        part_sums: dict[str, torch.Tensor] = {}
+        for s in range(0, len(users), bs):
+            b_users, b_pos, b_neg = users_t[s : s + bs], pos_t[s : s + bs], neg_t[s : s + bs]
+            optimizer.zero_grad(set_to_none=True)
+            loss, parts = model.loss(b_users, b_pos, b_neg, reg_weight=train_cfg.reg_weight)
+            loss.backward()
+            optimizer.step()
+            n = b_users.shape[0]
+            # Accumulate on the device; a float() per batch would force a GPU sync each step.
+            loss_sum += loss.detach() * n
+            for name, v in parts.items():
+                part_sums[name] = part_sums.get(name, 0) + torch.as_tensor(v).detach() * n
+        epoch_loss = float(loss_sum) / len(users)
+        if not math.isfinite(epoch_loss):
+            raise FloatingPointError(f"training loss became {epoch_loss} in epoch {epoch}; try a smaller lr")
+        parts_mean = {name: float(v) / len(users) for name, v in part_sums.items()}
+        seconds = time.perf_counter() - t0
+        train_times.append(seconds)
+
+        valid, eval_s, is_best = None, None, False
+        if epoch % train_cfg.eval_every == 0 or epoch == train_cfg.max_epochs:
+            t1 = time.perf_counter()
+            valid = evaluator(model)
+            eval_s = time.perf_counter() - t1
+            eval_times.append(eval_s)
+            value = valid[train_cfg.monitor]
+            if value > best_value:
+                best_value, best_epoch, best_valid, bad, is_best = value, epoch, valid, 0, True
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+        row: dict[str, Any] = {"epoch": epoch, "loss": epoch_loss, **parts_mean, "seconds": seconds,
+                               "eval_seconds": eval_s}
+        if valid is not None:
+            row.update({f"valid_{m}": v for m, v in valid.items()})
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(EpochReport(epoch, epoch_loss, parts_mean, seconds, eval_s, valid, best_epoch, best_value,
+                                 is_best, bad))
+        if bad >= train_cfg.patience:
+            stopped_early = True
+            break
+
+    model.load_state_dict(best_state)
+    return FitResult(
+        best_epoch=best_epoch,
+        best_valid=best_valid,
+        history=history,
+        seconds_per_epoch=float(np.median(train_times)),
+        epochs_run=len(history),
+        best_state=best_state,
+        device=str(device),
+        monitor=train_cfg.monitor,
+        stopped_early=stopped_early,
+        total_seconds=time.perf_counter() - start,
+        eval_seconds=float(np.median(eval_times)) if eval_times else float("nan"),
+    )
