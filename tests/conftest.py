@@ -21,6 +21,8 @@ os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ["tests.llm_server"]  # the fixtures `llm_server` and `llm_server_factory`
+
 
 def shared_dir() -> Path:
     """The shared folder beside the checkout (datasets and the reference split)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from prefect.artifacts import Artifact
 
 from flows.augment import AugmentFailed, augment_flow
 from recsys.config import (
@@ -91,6 +92,10 @@ def test_rerun_asks_only_failed_batches_and_ledger_matches_server(small_movielen
             augment_flow(config=cfg, store_root=store, out_dir=str(out))
         failed = outputs(out)["failures"]
         assert len(failed) > 0 and failed["reason"].str.contains("500").all()
+        cost = Artifact.get("augment-cost")  # the run's Prefect artifact: calls, cost and failures per stage
+        table = {r["stage"]: r for r in (json.loads(cost.data) if isinstance(cost.data, str) else cost.data)}
+        assert table["edges"]["failed_items"] + table["profiles"]["failed_items"] == len(failed)
+        assert table["edges"]["errors"] > 0 and table["edges"]["http_calls"] > 0
 
         server.set_faults()  # the endpoint recovers
         server.reset()

@@ -26,7 +26,7 @@ from recsys.llm.tokens import count_message_tokens, count_tokens
 if TYPE_CHECKING:
     from tests.llm_server import RunningServer
 
-pytest_plugins = ["tests.llm_server"]  # the fixtures `llm_server` and `llm_server_factory`
+
 
 EDGES_SYSTEM = ("You are a movie recommendation system. Based on the user's viewing history (title, year, genres), "
                 "choose from the candidate list the movie the user will like most and the one the user will like "
