@@ -198,3 +198,54 @@ class AugmentRunConfig(BaseRunConfig):
     def base(self) -> BaseRunConfig:
         """The base-stage part alone (so its cache keys equal those of `llmrec train`)."""
         return BaseRunConfig(**{name: getattr(self, name) for name in BaseRunConfig.model_fields})
+
+
+class LLMRecConfig(_Config):
+    """The LLMRec recommender (paper Stage 2: §3.2 side-information fusion, §3.3 denoised augmentation).
+
+    [PAPER] = LLMRec, WSDM'24 (arXiv 2311.00423); [REPO] = HKUDS/LLMRec official code (Models.py, main.py,
+    utility/parser.py). See ../shared/notes/llmrec-reference.md §A.4-A.8.
+    """
+
+    # ID branch. "mf" exercises the paper's model-agnostic claim (§4.5): same augmentations on a plain MF.
+    backbone: Literal["lightgcn", "mf"] = "lightgcn"
+    embedding_dim: int = Field(64, gt=0)  # [PAPER] §4.1.3 and [REPO] --embed_size: d = 64
+    # LightGCN paper's default of 3 layers, as ModelConfig ([REPO] uses len(--weight_size) = 2, with a softmax on
+    # the last layer that we do not copy). Ignored by the "mf" backbone.
+    n_layers: int = Field(3, ge=0)
+    init: Literal["normal", "xavier"] = "xavier"  # [REPO]: xavier_uniform_ for the ID tables and projections
+
+    # Feature branch: Linear(raw -> d) + dropout per source, then propagated over the same user-item graph.
+    feature_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # [REPO] --drop_rate 0.0 ("Linear layers with dropout")
+    # Hops of feature propagation, summed from hop 1. With 2, an item feature reaches users after 1 hop and items
+    # after 2, and a user feature the other way round: exactly the ui/iu hops of [REPO] Models.py.
+    feature_hops: int = Field(2, ge=1)
+    # [REPO] never adds a node's own projected feature directly (reference notes A.8.5); True adds hop 0 too.
+    feature_include_self: bool = False
+
+    # Fusion h = e + sum_k w_k * f_k / ||f_k|| (paper §3.2.2). "paper": one w_k = omega1 for every source;
+    # "official": [REPO]'s three scales by source group (modal / profile / attribute).
+    fusion: Literal["paper", "official"] = "official"
+    # The paper gives no single value; its Fig. 4c sweeps omega1 over {0, 0.8, ..., 3.2} on Netflix and the
+    # released code's profile scale is 2.8. Tune it for your data: it sets how loud features are against IDs.
+    omega1: float = Field(2.8, ge=0.0)
+    modal_scale: float = Field(0.02, ge=0.0)  # [REPO] --model_cat_rate 0.02 (image / text features)
+    profile_scale: float = Field(2.8, ge=0.0)  # [REPO] --user_cat_rate 2.8 (LLM user profile)
+    attribute_scale: float = Field(0.005, ge=0.0)  # [REPO] --item_cat_rate 0.005 (each LLM item attribute)
+
+    # Augmented implicit feedback (§3.1.1 / Eq. 6): omega3 * B augmented triplets join every batch's BPR.
+    omega3: float = Field(0.1, ge=0.0)  # [REPO] --aug_sample_rate 0.1
+    # Noise pruning (Eq. 7): sort the per-triplet log sigmoid terms ascending and keep N = (1 - omega4) * |batch|.
+    prune: bool = True
+    omega4: float = Field(0.71, ge=0.0, lt=1.0)  # [REPO] --prune_loss_drop_rate 0.71
+    # "lowest" = SortAscend(...)[0:N] as written in Eq. 7 and in [REPO]: it keeps the HIGHEST-loss terms.
+    # "highest" keeps the lowest-loss ones (the usual drop-large-loss-as-noise heuristic).
+    prune_keep: Literal["lowest", "highest"] = "lowest"
+
+    # Feature-masked auto-encoder (§3.3.2, Eqs. 8-9). Unlike [REPO], our decoder is trained.
+    mae: bool = True
+    mae_groups: tuple[Literal["modal", "profile", "attribute"], ...] = ("profile", "attribute")  # the LLM ones
+    mask_rate: float = Field(0.1, ge=0.0, lt=1.0)  # [REPO-old] 217b100 --mask_rate 0.1 (HEAD: 0.0, MAE off)
+    gamma: float = Field(2.0, ge=1.0)  # Eq. 9 scaled cosine error exponent; [REPO] --alpha_l 2
+    mae_weight: float = Field(1e-5, ge=0.0)  # [REPO-old] --att_re_rate 1e-5 (HEAD: 0.0)
+    mask_token: Literal["learnable", "mean"] = "learnable"  # Eq. 8: "a learnable vector or mean pooling"
