@@ -41,9 +41,13 @@ def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, s
     running: dict[int, Any] = {}
     finished: list[str] = []
     failed: list[int] = []
+    denied_at = -1  # how many batches had finished when the budget last said no: it can only change after more
     while pending or running:
         while pending and len(running) < config.augment.max_batches_in_flight:
+            if denied_at == len(finished):
+                break
             if not budget.allows(finished, len(running), stage):
+                denied_at = len(finished)
                 break
             i, ids = pending.pop(0)
             running[i] = task.submit(root, stage, i, ids, ledger_root=ledger_root, **shared)

@@ -12,8 +12,7 @@ from storage.ledger import read_ledger
 
 def run_ledger(ledger_root: str, flow_run_id: str) -> pd.DataFrame:
     """This flow run's ledger rows (rows still being written by running batches included)."""
-    rows = read_ledger(ledger_root)
-    return rows[rows["flow_run_id"] == flow_run_id] if len(rows) else rows
+    return read_ledger(ledger_root, flow_run_id=flow_run_id)
 
 
 def spent_usd(rows: pd.DataFrame) -> float:
