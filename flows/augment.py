@@ -70,7 +70,8 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
     """Base model -> candidates -> LLM augmentation of edges, profiles and attributes (paper §3.1, Figure 1).
 
     Writes augmented_edges / user_profiles / item_attributes Parquet (and augment_failures.parquet) to `out_dir`;
-    every HTTP call is a row in the cost ledger under `<out_dir>/ledger` (else `<store>/ledger`).
+    every HTTP call is a row in the cost ledger under `<out_dir>/ledger` (else `<store>/ledger`). The result's
+    "batches" maps each stage to its batch refs: together they are that stage's artifact for later stages.
     """
     config = config or AugmentRunConfig()
     logger = get_run_logger()
@@ -82,11 +83,13 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
 
     outputs: dict[str, pd.DataFrame] = {}
     failures: list[pd.DataFrame] = []
+    stage_batches: dict[str, list[str]] = {}
     problems: list[str] = []
     for stage in config.augment.stages:
         batches = bind(plan_batches, root)(root, stage, refs["dataset"], refs["split"], refs["candidates"],
                                                 config.augment)
         batch_refs, failed, not_started = run_stage(root, stage, batches, refs, config, ledger_root, budget)
+        stage_batches[stage] = batch_refs
         rows, fails = collect_stage(root, stage, batch_refs)
         outputs[stage], failures = rows, [*failures, fails]
         logger.info("%s: %d answered, %d failed, %d of %d batches failed, %d not started",
@@ -107,7 +110,7 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
             write_parquet(Path(out_dir) / OUTPUT_FILES[stage], frame)
         write_parquet(Path(out_dir) / "augment_failures.parquet", all_failures)
     result = {"refs": refs, "rows": {s: len(f) for s, f in outputs.items()}, "failed": len(all_failures),
-              "cost_usd": spent_usd(rows), "ledger": ledger_root}
+              "cost_usd": spent_usd(rows), "ledger": ledger_root, "batches": stage_batches}
     if problems:
         raise AugmentFailed("; ".join(problems) + f". Spent ${spent_usd(rows):.6f} in this run. Re-run to retry.")
     return result

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -19,8 +26,10 @@ from recsys.config import (
     BaseRunConfig,
     CandidateConfig,
     DataConfig,
+    EmbedConfig,
     LLMConfig,
     ModelConfig,
+    RunConfig,
     SplitConfig,
     TrainConfig,
 )
@@ -149,6 +158,106 @@ def augment(
         raise _fail(str(e)) from None
     console.print(f"rows: {result['rows']}; failed items: {result['failed']}; cost ${result['cost_usd']:.6f}")
     console.print(f"wrote {out}/*.parquet and the ledger under {result['ledger']}")
+
+
+LOCAL_MODEL = "llmrec-heuristic"  # what the local server answers as
+SERVER_START_TIMEOUT_S = 60.0
+
+
+class LLMServerError(RuntimeError):
+    """The local LLM server did not start."""
+
+
+@contextmanager
+def local_llm_server() -> Iterator[str]:
+    """Start `python -m recsys.llm.server --port 0` (stopped again on exit, also on errors) and yield its /v1 URL,
+    read from the `listening on http://HOST:PORT` line it prints once its socket is bound."""
+    cmd = [sys.executable, "-m", "recsys.llm.server", "--host", "127.0.0.1", "--port", "0",
+           "--parent-pid", str(os.getpid())]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env, text=True)
+    try:
+        url, seen = None, []
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        assert proc.stdout is not None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:  # the server exited
+                break
+            seen.append(line)
+            if "listening on " in line:
+                url = line.rsplit("listening on ", 1)[1].strip()
+        if url is None:
+            raise LLMServerError("the local LLM server did not start:\n" + "".join(seen[-20:]))
+        # Keep draining its output so that a full pipe can never block it.
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        yield f"{url}/v1"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@app.command()
+def run(
+    base_url: str | None = typer.Option(None, envvar="OPENAI_BASE_URL",
+                                        help="OpenAI-compatible endpoint; none: start the local server (NOT an "
+                                             "LLM: transparent heuristics) and use model llmrec-heuristic."),
+    model: str | None = typer.Option(None, help=f"LLM model name (default: {LLMConfig().model}, or "
+                                                f"{LOCAL_MODEL} with the local server)."),
+    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m, or a path to your interactions."),
+    data_dir: Path | None = typer.Option(None, help=f"Where MovieLens lives [env {DATA_DIR_ENV}]."),
+    split_dir: Path | None = typer.Option(None, help="Use this split: train/valid/test Parquet or CSV."),
+    seeds: int = typer.Option(1, min=1, help="Training seeds per variant (2020, 2021, ...); >= 2 gives p-values."),
+    epochs: int = typer.Option(1000, help="Maximum epochs of every model; early stopping on valid usually ends "
+                                          "sooner."),
+    device: Device = typer.Option(Device.auto, help="auto: CUDA when present, else CPU."),
+    embed_backend: str = typer.Option("local", help="local (all-MiniLM-L6-v2, offline) or openai."),
+    max_cost_usd: float | None = typer.Option(None, help="LLM budget: stop before spending more than this."),
+    out: Path = typer.Option(Path("runs/llmrec"), help="Output folder: metrics.parquet, report.md, augment/."),
+    store: Path | None = typer.Option(None, help="Artifact store shared by runs [env LLMREC_STORE]."),
+) -> None:
+    """The whole pipeline as the Prefect flow `run`: base model -> LLM augmentation -> embeddings -> LightGCN
+    baseline and LLMRec per seed -> metrics.parquet and report.md. Every stage is cached: a re-run is free."""
+    if data_dir is None and os.environ.get(DATA_DIR_ENV):
+        data_dir = Path(os.environ[DATA_DIR_ENV])
+    local = not base_url
+    try:
+        config = RunConfig(
+            data=DataConfig(dataset=dataset, data_dir=data_dir),
+            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
+            train=TrainConfig(max_epochs=epochs, device=device.value),
+            llm=LLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url),
+            augment=AugmentConfig(max_cost_usd=max_cost_usd),
+            embed=EmbedConfig(backend=embed_backend),  # type: ignore[arg-type]
+            seeds=tuple(2020 + i for i in range(seeds)),
+        )
+    except ValueError as e:
+        raise _fail(str(e)) from None
+
+    from flows.augment import AugmentFailed
+    from flows.run import run_flow
+
+    try:
+        with contextlib.ExitStack() as stack:
+            if local:
+                console.print("[bold yellow]no --base-url:[/] starting the local LLM server (NOT a language model: "
+                              f"transparent heuristics) and using model {config.llm.model}")
+                url = stack.enter_context(local_llm_server())
+                console.print(f"local LLM server listening at {url}; it stops when this run ends")
+            else:
+                url = base_url
+            result = run_flow(config=config, store_root=str(store) if store else None, out_dir=str(out),
+                              base_url=url)
+    except (DataError, FileNotFoundError, AugmentFailed, LLMServerError) as e:
+        raise _fail(str(e)) from None
+    console.print(result["report"], markup=False, highlight=False)
+    console.print(f"wrote {out / 'metrics.parquet'}, {out / 'report.md'} and {out / 'augment'}/")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)

@@ -286,3 +286,28 @@ class EmbedConfig(_Config):
         if self.backend == "local" and self.dimensions is not None:
             raise ValueError("dimensions is only for the openai backend (the local model is 384-d)")
         return self
+
+
+class RunConfig(AugmentRunConfig):
+    """The end-to-end `run` flow: base -> augment -> embed -> LightGCN baseline and LLMRec, per seed -> report."""
+
+    llmrec: LLMRecConfig = LLMRecConfig()
+    embed: EmbedConfig = EmbedConfig()
+    # Training seeds; each variant is trained once per seed, and the report pairs them (t-test from 2 seeds on).
+    seeds: tuple[int, ...] = Field((2020,), min_length=1)
+
+    def augment_run(self) -> AugmentRunConfig:
+        """The augment-stage part alone (so its cache keys equal those of `llmrec augment`)."""
+        return AugmentRunConfig(**{name: getattr(self, name) for name in AugmentRunConfig.model_fields})
+
+    def baseline_model(self) -> ModelConfig:
+        """LightGCN with LLMRec's ID-branch shape (dim, layers, init): the paper's backbone without augmentation."""
+        return ModelConfig(name="lightgcn", embedding_dim=self.llmrec.embedding_dim, n_layers=self.llmrec.n_layers,
+                           init=self.llmrec.init)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v

@@ -28,6 +28,8 @@ STAGE_VERSIONS: dict[str, str] = {
     "train": "1",
     "evaluate": "1",
     "candidates": "1",
+    "llmrec": "1",
+    "llmrec-evaluate": "1",
 }
 
 KeyExtra = Callable[[Mapping[str, Any]], Any]

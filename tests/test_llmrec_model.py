@@ -319,3 +319,83 @@ def test_model_loss_prunes_the_batch_per_eq7(keep: str) -> None:
     log_sig = F.logsigmoid(scores[u, p] - scores[u, n]).sort().values  # ascending
     kept = log_sig[:14] if keep == "lowest" else log_sig[-14:]  # N = int(0.29 * 50) = 14
     torch.testing.assert_close(parts["bpr"], -kept.mean())
+
+
+# ---- fast (precomputed P X) path == straightforward mask / project / propagate ------------------------------------
+
+
+def _reference(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model forced onto the straightforward path (mask the raw rows, project, dropout, propagate)."""
+    model._fast_path = lambda: False  # type: ignore[method-assign]
+    return model
+
+
+@pytest.mark.parametrize(("hops", "include_self", "token"),
+                         [(2, False, "learnable"), (1, True, "mean"), (3, False, "mean"), (3, True, "learnable")])
+def test_precomputed_propagation_equals_project_then_propagate(hops: int, include_self: bool, token: str) -> None:
+    data = checkerboard()
+    c = cfg(feature_hops=hops, feature_include_self=include_self, mask_token=token, mask_rate=0.3)
+    fast = build_llmrec(c, data, group_features(), seed=0).train()
+    with torch.no_grad():  # a non-zero learnable token and bias, so the correction terms are really exercised
+        for p in fast.mae.tokens.values():
+            p.normal_()
+        for lin in fast.proj.values():
+            lin.bias.normal_()
+    ref = _reference(build_llmrec(c, data, group_features(), seed=0).train())
+    ref.load_state_dict(fast.state_dict())
+    torch.manual_seed(3)
+    masks = fast.mae.sample_masks(N_USERS, N_ITEMS, torch.device("cpu"))
+    for m in (None, masks, {"item": masks["item"]}):
+        got, want = fast.propagated_features(m), ref.propagated_features(m)
+        assert set(got) == set(want)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)
+    # by hand, with a dense A: P = sum_k A^k over the hops, masked rows replaced by the token before projecting
+    a = fast.adj.to_dense()
+    p = sum(torch.linalg.matrix_power(a, k) for k in range(0 if include_self else 1, hops + 1))
+    x = fast.raw_feature("user_profile")
+    x = torch.where(masks["user"].unsqueeze(1), fast.mae.token("user_profile", x), x)
+    node = torch.cat([fast.proj["user_profile"](x), torch.zeros(N_ITEMS, 8)])
+    torch.testing.assert_close(fast.propagated_features(masks)["user_profile"], p @ node, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_loss_and_gradients_equal_the_reference() -> None:
+    data = checkerboard()
+    aug = AugmentedEdges(np.array([[u, (u + 1) % N_ITEMS, (u + 2) % N_ITEMS] for u in range(N_USERS)]),
+                         N_USERS, N_ITEMS)
+    c = cfg(mask_rate=0.25, mae_weight=0.5, omega3=0.5)
+    fast = build_llmrec(c, data, group_features(), augmented=aug, seed=0).train()
+    with torch.no_grad():
+        for p in fast.mae.tokens.values():
+            p.normal_()
+    ref = _reference(build_llmrec(c, data, group_features(), augmented=aug, seed=0).train())
+    ref.load_state_dict(fast.state_dict())
+    u, p = torch.from_numpy(data.train[:, 0]), torch.from_numpy(data.train[:, 1])
+    results = []
+    for model in (fast, ref):
+        torch.manual_seed(11)  # same masks and augmented triplets for both
+        loss, parts = model.loss(u, p, p.roll(7), reg_weight=1e-2)
+        loss.backward()
+        results.append((loss, parts, {k: v.grad.clone() for k, v in model.named_parameters()}))
+    (l1, p1, g1), (l2, p2, g2) = results
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-5)
+    assert set(p1) == set(p2) == {"bpr", "reg", "mae"}
+    for k in p1:
+        torch.testing.assert_close(p1[k], p2[k], rtol=1e-5, atol=1e-5)
+    assert set(g1) == set(g2)
+    for k in g1:
+        torch.testing.assert_close(g1[k], g2[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert g1["mae.tokens.user_profile"].abs().sum() > 0  # the learnable token gets its gradient
+
+
+def test_active_dropout_takes_the_reference_path_and_eval_the_fast_one() -> None:
+    data = checkerboard()
+    model = build_llmrec(cfg(feature_dropout=0.5), data, group_features(), seed=0)
+    assert not model.train()._fast_path() and model.eval()._fast_path()
+    torch.manual_seed(0)
+    a = model.train().propagated_features()["item_text"]
+    b = model.propagated_features()["item_text"]
+    assert not torch.allclose(a, b)  # dropout really acts in training
+    ref = _reference(build_llmrec(cfg(feature_dropout=0.5), data, group_features(), seed=0)).eval()
+    for name, f in ref.propagated_features().items():
+        torch.testing.assert_close(model.eval().propagated_features()[name], f, rtol=1e-5, atol=1e-5)

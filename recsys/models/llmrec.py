@@ -105,6 +105,11 @@ class LLMRec(Recommender):
             nn.init.xavier_uniform_(lin.weight)  # [REPO]: xavier_uniform_ on every *_trans layer
             self.proj[name] = lin
         self.dropout = nn.Dropout(cfg.feature_dropout)
+        # Propagation is linear, so P (X W^T + 1 b^T) = (P X) W^T + (P 1) b^T with P = sum of the feature hops'
+        # powers of A. X is fixed, so P X (per source, zero-padded to all nodes) and P 1 (per side) are computed
+        # once here; each step then costs one dense [N, raw] x [raw, d] product per source instead of sparse
+        # propagation of the projected features forward and backward. Exact whenever dropout is inactive.
+        self._precompute_propagated_raw()
 
         masked = {s.name: (s.side, s.dim) for s in self.sources if s.group in cfg.mae_groups}
         self.mae = (FeatureMAE(masked, d, mask_rate=cfg.mask_rate, gamma=cfg.gamma, token=cfg.mask_token)
@@ -121,12 +126,103 @@ class LLMRec(Recommender):
         """The stored (unmasked) raw feature tensor of a source."""
         return getattr(self, f"feat_{name}")
 
+    def _propagate(self, h: Tensor) -> Tensor:
+        """P h = sum over the feature hops of A^k h (A^0 = I too when feature_include_self), for [N, c] h."""
+        total = h if self.cfg.feature_include_self else None
+        for _ in range(self.cfg.feature_hops):
+            h = symmetric_spmm(self.adj, h)
+            total = h if total is None else total + h
+        assert total is not None
+        return total
+
+    def _side_rows(self, side: Side) -> slice:
+        return slice(0, self.n_users) if side == "user" else slice(self.n_users, self.n_users + self.n_items)
+
+    @torch.no_grad()
+    def _precompute_propagated_raw(self) -> None:
+        """Buffers prop_<name> = P [0; X] ([N, raw], the raw feature padded to all nodes) and prop_ones_<side>
+        = P 1_side ([N, 1]). Non-persistent: derived from the features and the graph, never checkpointed."""
+        n = self.n_users + self.n_items
+        cols = []
+        for side in ("user", "item"):
+            ones = torch.zeros(n, 1)
+            ones[self._side_rows(side)] = 1.0
+            cols.append(ones)
+        for s in self.sources:
+            x = self.raw_feature(s.name)
+            padded = x.new_zeros(n, s.dim)
+            padded[self._side_rows(s.side)] = x
+            cols.append(padded)
+        # All sources at once: one sparse matmul per hop (init-time only).
+        prop = self._propagate(torch.cat(cols, dim=1)) if self.sources else torch.zeros(n, 2)
+        parts = prop.split([1, 1] + [s.dim for s in self.sources], dim=1)
+        self.register_buffer("prop_ones_user", parts[0].contiguous(), persistent=False)
+        self.register_buffer("prop_ones_item", parts[1].contiguous(), persistent=False)
+        for s, p in zip(self.sources, parts[2:], strict=True):
+            self.register_buffer(f"prop_{s.name}", p.contiguous(), persistent=False)
+
+    @torch.no_grad()
+    def _mask_columns(self, side: Side, idx: Tensor) -> Tensor:
+        """P E ([N, k]) for E the one-hot columns of the masked nodes idx (side-local ids) of one side."""
+        n, k = self.n_users + self.n_items, idx.numel()
+        nodes = idx + (0 if side == "user" else self.n_users)
+        cols = torch.arange(k, device=idx.device)
+        # Hop 1 without a sparse matmul: A symmetric, so A E_M = A[:, M] = A[M, :]^T, gathered from the CSR rows.
+        crow, col, val = self.adj.crow_indices(), self.adj.col_indices(), self.adj.values()
+        starts, counts = crow[nodes], crow[nodes + 1] - crow[nodes]
+        owner = torch.repeat_interleave(cols, counts)
+        first = torch.cumsum(counts, 0) - counts  # offset of each masked node's run in the gathered entries
+        pos = starts[owner] + torch.arange(owner.numel(), device=idx.device) - first[owner]
+        h = val.new_zeros(n, k)
+        h[col[pos], owner] = val[pos]
+        total = h
+        if self.cfg.feature_include_self:
+            total = h.clone()
+            total[nodes, cols] += 1.0
+        for _ in range(self.cfg.feature_hops - 1):
+            h = self.adj @ h
+            total = total + h
+        return total
+
+    def _fast_path(self) -> bool:
+        return not (self.training and self.dropout.p > 0.0)
+
     def propagated_features(self, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Per source, the projected feature propagated over the graph: [n_users + n_items, d] (users first).
 
         masks: side -> bool node mask; masked nodes' raw features are replaced by the MAE mask token first.
-        All sources are propagated together as one [N, K*d] matrix, so K sources cost one sparse matmul per hop.
+
+        While dropout is inactive (p = 0, or eval mode) this is P (X' W^T + 1 b^T) = (P X) W^T + (P 1) b^T +
+        P E_M ((t - X_M) W^T), X' being X with the masked rows M replaced by the token t: P X and P 1 are
+        precomputed and P E_M (the masked nodes' columns of P, [N, |M|]) is one small propagation per side.
+        With dropout active it projects, drops out, then propagates (`_propagated_features_reference`).
         """
+        if not self.sources:
+            return {}
+        if not self._fast_path():
+            return self._propagated_features_reference(masks)
+        cols: dict[str, tuple[Tensor, Tensor]] = {}  # side -> (masked ids, P E_M)
+        out = {}
+        for s in self.sources:
+            lin = self.proj[s.name]
+            f = torch.addmm(getattr(self, f"prop_ones_{s.side}") * lin.bias, getattr(self, f"prop_{s.name}"),
+                            lin.weight.t())
+            if masks is not None and self.mae is not None and s.side in masks and s.name in self.mae.sources:
+                if s.side not in cols:
+                    idx = torch.nonzero(masks[s.side]).squeeze(1)
+                    cols[s.side] = (idx, self._mask_columns(s.side, idx))
+                idx, pe = cols[s.side]
+                if idx.numel():
+                    x = self.raw_feature(s.name)
+                    token = self.mae.token(s.name, x)
+                    delta = F.linear(token.unsqueeze(0) - x.index_select(0, idx), lin.weight)  # [|M|, d]
+                    f = torch.addmm(f, pe, delta)
+            out[s.name] = f
+        return out
+
+    def _propagated_features_reference(self, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The straightforward computation: mask, project, dropout, then propagate all sources together as one
+        [N, K*d] matrix (K sources cost one sparse matmul per hop). Used when dropout is active."""
         if not self.sources:
             return {}
         d = self.cfg.embedding_dim
@@ -138,12 +234,7 @@ class LLMRec(Recommender):
             z = self.dropout(self.proj[s.name](x))
             other = z.new_zeros(self.n_items if s.side == "user" else self.n_users, d)
             blocks.append(torch.cat([z, other]) if s.side == "user" else torch.cat([other, z]))
-        h = torch.cat(blocks, dim=1)
-        total = h if self.cfg.feature_include_self else None
-        for _ in range(self.cfg.feature_hops):
-            h = symmetric_spmm(self.adj, h)
-            total = h if total is None else total + h
-        assert total is not None
+        total = self._propagate(torch.cat(blocks, dim=1))
         return dict(zip([s.name for s in self.sources], total.split(d, dim=1), strict=True))
 
     # ---- embeddings -------------------------------------------------------------------------------------------

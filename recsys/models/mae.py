@@ -71,10 +71,13 @@ class FeatureMAE(nn.Module):
             masks[side] = mask
         return masks
 
+    def token(self, name: str, x: Tensor) -> Tensor:
+        """The mask token [raw dim] of source `name` with unmasked raw feature x: learnable, or x's column mean."""
+        return (self.tokens[name] if self.token_kind == "learnable" else x.mean(0)).to(x.dtype)
+
     def mask_input(self, name: str, x: Tensor, mask: Tensor) -> Tensor:
         """A NEW tensor: x with the masked rows replaced by the mask token (learnable, or the column mean)."""
-        token = self.tokens[name] if self.token_kind == "learnable" else x.mean(0)
-        return torch.where(mask.unsqueeze(1), token.to(x.dtype).unsqueeze(0), x)
+        return torch.where(mask.unsqueeze(1), self.token(name, x).unsqueeze(0), x)
 
     def loss(self, encoded: Mapping[str, Tensor], raw: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> Tensor:
         """Eq. 9 averaged over the masked sources: decode each masked node's encoded feature [n_side, d] and

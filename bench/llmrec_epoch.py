@@ -1,0 +1,99 @@
+"""Seconds per training epoch of LLMRec vs plain LightGCN on synthetic ML-100K-sized data (a measurement, not a test).
+
+943 users x 1682 items, 80k distinct random train pairs, batch 2048 (~40 batches/epoch), random features: item_text
+plus three item_attr_* fields and a user_profile, each `dim` wide (384 = the local embedder, 1536 = OpenAI ada).
+Every model trains through the real `fit` loop (fused Adam); the evaluation pass is excluded from the timing.
+Prints the median s/epoch of each setting (timings on a shared machine are noisy: compare ratios within one run).
+
+    python bench/llmrec_epoch.py --epochs 5 --threads 2 --dims 384 1536
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from recsys.config import EvalConfig, LLMRecConfig, ModelConfig, TrainConfig
+from recsys.data.dataset import DenseSplit
+from recsys.models.factory import build_model
+from recsys.models.llmrec import build_llmrec
+from recsys.train.augmented import AugmentedEdges
+from recsys.train.trainer import fit
+
+N_USERS, N_ITEMS, N_TRAIN = 943, 1682, 80_000
+
+
+def synthetic_data(seed: int = 0) -> DenseSplit:
+    """80k distinct random (user, item) train pairs, plus one valid and one test item per user."""
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(N_USERS * N_ITEMS, size=N_TRAIN + 2 * N_USERS, replace=False)
+    pairs = np.stack([flat // N_ITEMS, flat % N_ITEMS], axis=1).astype(np.int64)
+    train, rest = pairs[:N_TRAIN], pairs[N_TRAIN:]
+    users = np.arange(N_USERS)
+    valid = np.stack([users, rest[: N_USERS, 1]], axis=1)
+    test = np.stack([users, rest[N_USERS:, 1]], axis=1)
+    return DenseSplit(N_USERS, N_ITEMS, train, valid, test)
+
+
+def synthetic_features(dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    feats = {"item_text": torch.randn(N_ITEMS, dim, generator=g),
+             "user_profile": torch.randn(N_USERS, dim, generator=g)}
+    for name in ("genre", "director", "country"):
+        feats[f"item_attr_{name}"] = torch.randn(N_ITEMS, dim, generator=g)
+    return feats
+
+
+def synthetic_augmented(seed: int = 0) -> AugmentedEdges:
+    """One LLM (user, liked, disliked) triplet per user, as the official augmentation produces."""
+    rng = np.random.default_rng(seed)
+    pos = rng.integers(0, N_ITEMS, N_USERS)
+    neg = (pos + rng.integers(1, N_ITEMS, N_USERS)) % N_ITEMS
+    return AugmentedEdges(np.stack([np.arange(N_USERS), pos, neg], axis=1), N_USERS, N_ITEMS)
+
+
+def seconds_per_epoch(model: torch.nn.Module, data: DenseSplit, epochs: int, threads: int) -> float:
+    train = TrainConfig(max_epochs=epochs, eval_every=epochs, batch_size=2048, lr=1e-3, reg_weight=1e-4,
+                        patience=epochs, device="cpu", num_threads=threads)
+    result = fit(model, data, train, EvalConfig(ks=(10,)))  # type: ignore[arg-type]
+    times = [row["seconds"] for row in result.history]
+    return statistics.median(times[1:] if len(times) > 2 else times)  # the first epoch warms up allocators
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dims", type=int, nargs="+", default=[384, 1536])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data = synthetic_data()
+    aug = synthetic_augmented()
+    rows: list[tuple[str, float]] = []
+    t0 = time.perf_counter()
+    lgcn = build_model(ModelConfig(name="lightgcn", embedding_dim=64, n_layers=3), data, seed=0)
+    rows.append(("lightgcn", seconds_per_epoch(lgcn, data, args.epochs, args.threads)))
+    print(f"{rows[-1][0]:<40} {rows[-1][1]:.3f} s/epoch", flush=True)
+    for dim in args.dims:
+        feats = synthetic_features(dim)
+        settings = {
+            f"llmrec d={dim} (no aug, no MAE)": (LLMRecConfig(mae=False, omega3=0.0, prune=False), None),
+            f"llmrec d={dim} (full: aug+prune+MAE)": (LLMRecConfig(), aug),
+        }
+        for name, (cfg, augmented) in settings.items():
+            model = build_llmrec(cfg, data, feats, augmented=augmented, seed=0)
+            rows.append((name, seconds_per_epoch(model, data, args.epochs, args.threads)))
+            print(f"{name:<40} {rows[-1][1]:.3f} s/epoch ({rows[-1][1] / rows[0][1]:.1f}x lightgcn)", flush=True)
+    print("\n| setting | median s/epoch | x LightGCN |\n|---|---|---|")
+    for name, s in rows:
+        print(f"| {name} | {s:.3f} | {s / rows[0][1]:.1f} |")
+    print(f"\n(threads={args.threads}, epochs={args.epochs}, torch {torch.__version__}, "
+          f"total {time.perf_counter() - t0:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Prefect tasks for the LLMRec recommender (paper Stage 2): train on the augmented data, then evaluate.
+
+`train_llmrec` reads the split, the embedded feature sources (`embed` artifacts, aligned to dense ids: users for
+"user_*" sources, items for "item_*"; ids without a vector get a zero row) and the LLM's augmented edges (the
+union of the `augment-edges` batch artifacts, validated once into `AugmentedEdges`), builds the model and fits it
+with early stopping on VALID. Output `llmrec/<key>`: checkpoint, history, fit.json (as tasks/train.py, plus the
+feature coverage and the number of augmented edges). Its key covers the split, the feature refs (themselves
+content keys), the edge batch refs with the sha256 of their rows (a batch completed by a re-run keeps its ref but
+changes its rows) and the configs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from prefect import get_run_logger, task
+
+from recsys.config import EvalConfig, LLMRecConfig, TrainConfig
+from recsys.data.dataset import DenseSplit, IdMap
+from recsys.embed.features import align
+from recsys.eval.ranking import evaluate
+from recsys.models.llmrec import LLMRec, build_llmrec, feature_group
+from recsys.train.augmented import EDGE_COLUMNS, AugmentedEdges
+from recsys.train.trainer import EpochReport, fit, resolve_device
+from storage.store import ArtifactStore
+from tasks.common import cache_key_fn, read_dense_split, stage_ref
+from tasks.embed import read_embeddings
+from tasks.train import history_frame
+
+EDGE_TABLE = "rows"  # of augment-edges batches
+
+
+def _edge_digests(params: Mapping[str, Any]) -> list[list[str]] | None:
+    refs = params.get("edge_refs")
+    if refs is None:
+        return None
+    store = ArtifactStore(params["store_root"])
+    return [[str(r), store.manifest(r)["artifacts"][EDGE_TABLE]["sha256"]] for r in refs if store.exists(r)]
+
+
+def train_params(split_ref: str, edge_refs: list[str] | None, feature_refs: Mapping[str, str],
+                 llmrec: LLMRecConfig, train: TrainConfig, eval: EvalConfig) -> dict[str, Any]:
+    return {"split_ref": split_ref, "edge_refs": None if edge_refs is None else list(edge_refs),
+            "feature_refs": dict(sorted(feature_refs.items())), "llmrec": llmrec, "train": train, "eval": eval}
+
+
+def read_features(store: ArtifactStore, feature_refs: Mapping[str, str],
+                  ids: IdMap) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """name -> float32 tensor [n_users or n_items, dim] in dense-id order, and the share of ids with a vector."""
+    features: dict[str, torch.Tensor] = {}
+    coverage: dict[str, float] = {}
+    for name, ref in sorted(feature_refs.items()):
+        side, _ = feature_group(name)
+        raw_ids, matrix = read_embeddings(store, ref)
+        wanted = ids.user_ids if side == "user" else ids.item_ids
+        if matrix.ndim != 2 or matrix.shape[0] == 0:
+            raise ValueError(f"feature {name!r} ({ref}) holds no vectors")
+        rows, present = align(raw_ids, matrix, wanted)
+        features[name] = torch.from_numpy(rows)
+        coverage[name] = float(present.mean()) if len(present) else 0.0
+    return features, coverage
+
+
+def read_edges(store: ArtifactStore, edge_refs: list[str] | None, ids: IdMap) -> AugmentedEdges | None:
+    """The union of the augment-edges batches (batches never written are skipped), validated once."""
+    if edge_refs is None:
+        return None
+    frames = [store.read_table(r, EDGE_TABLE) for r in edge_refs if store.exists(r)]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(EDGE_COLUMNS))
+    frame = frame[list(EDGE_COLUMNS)].astype("int64")
+    return AugmentedEdges.from_frame(frame, ids)
+
+
+def _inputs(store: ArtifactStore, split_ref: str,
+            feature_refs: Mapping[str, str]) -> tuple[DenseSplit, IdMap, dict[str, torch.Tensor], dict[str, float]]:
+    data, ids = read_dense_split(store, split_ref)
+    features, coverage = read_features(store, feature_refs, ids)
+    return data, ids, features, coverage
+
+
+@task(name="train-llmrec", task_run_name="train-llmrec-{train.seed}",
+      cache_key_fn=cache_key_fn("llmrec", _edge_digests), result_serializer="json", persist_result=True)
+def train_llmrec(store_root: str, split_ref: str, edge_refs: list[str] | None, feature_refs: dict[str, str],
+                 llmrec: LLMRecConfig, train: TrainConfig, eval: EvalConfig) -> str:
+    """Train LLMRec with early stopping on VALID; store the best checkpoint, the history and fit.json."""
+    store = ArtifactStore(store_root)
+    params = train_params(split_ref, edge_refs, feature_refs, llmrec, train, eval)
+    ref = stage_ref("llmrec", {**params, "store_root": store_root}, _edge_digests)
+    if store.exists(ref):
+        return str(ref)
+    logger = get_run_logger()
+    data, ids, features, coverage = _inputs(store, split_ref, feature_refs)
+    augmented = read_edges(store, edge_refs, ids)
+    net = build_llmrec(llmrec, data, features, augmented=augmented, seed=train.seed)
+
+    def report(r: EpochReport) -> None:
+        logger.info("%s", r.describe())
+
+    result = fit(net, data, train.tuned_for(llmrec.backbone), eval, on_epoch=report)
+    with store.write(ref.stage, ref.key, params) as w:
+        w.tensors("checkpoint", result.best_state)
+        w.table("history", history_frame(result.history))
+        w.json("fit", {
+            "model": "llmrec",
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "seconds_per_epoch": result.seconds_per_epoch,
+            "valid": result.best_valid,
+            "device": result.device,
+            "feature_coverage": coverage,
+            "augmented_edges": 0 if augmented is None else len(augmented),
+        })
+    logger.info("llmrec best epoch %d of %d; valid ndcg@10 %.4f", result.best_epoch, result.epochs_run,
+                result.best_valid.get("ndcg@10", float("nan")))
+    return str(ref)
+
+
+def load_llmrec(store: ArtifactStore, train_ref: str, device: str = "auto") -> tuple[LLMRec, DenseSplit]:
+    """Rebuild a trained LLMRec (features re-read from the refs its manifest records), on `device`, eval mode."""
+    p = store.manifest(train_ref)["params"]
+    data, _, features, _ = _inputs(store, p["split_ref"], p["feature_refs"])
+    net = build_llmrec(LLMRecConfig.model_validate(p["llmrec"]), data, features)
+    arrays = store.read_tensors(train_ref, "checkpoint")
+    net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return net.to(resolve_device(device)).eval(), data
+
+
+@task(name="evaluate-llmrec", task_run_name="evaluate-llmrec", cache_key_fn=cache_key_fn("llmrec-evaluate"),
+      result_serializer="json", persist_result=True)
+def evaluate_llmrec(store_root: str, train_ref: str, eval: EvalConfig, device: str = "auto") -> str:
+    """Full-ranking metrics of a trained LLMRec on VALID (train masked) and TEST (train and valid masked)."""
+    store = ArtifactStore(store_root)
+    params = {"train_ref": train_ref, "eval": eval, "device": device}
+    ref = stage_ref("llmrec-evaluate", params)
+    if store.exists(ref):
+        return str(ref)
+    net, data = load_llmrec(store, train_ref, device)
+    with torch.no_grad():
+        metrics = {part: evaluate(net, data, part, eval.ks, eval.batch_users) for part in ("valid", "test")}
+    with store.write(ref.stage, ref.key, params) as w:
+        w.json("metrics", metrics)
+    get_run_logger().info("llmrec test %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items()))
+    return str(ref)

@@ -1,0 +1,58 @@
+"""`llmrec run` wiring: with no --base-url it starts the local LLM server, says so, hands its URL to the flow and
+stops it afterwards; with a URL it starts nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+import flows.cli as cli
+import flows.run
+from recsys.config import LLMConfig, RunConfig
+
+
+def test_local_llm_server_starts_answers_and_stops() -> None:
+    with cli.local_llm_server() as url:
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+        assert httpx.get(f"{url}/models", timeout=10).status_code == 200
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/models", timeout=2)
+
+
+def fake_flow(calls: list[dict[str, Any]]):
+    def run_flow(config: RunConfig, store_root: str | None, out_dir: str, base_url: str | None) -> dict:
+        alive = httpx.get(f"{base_url}/models", timeout=10).status_code if "127.0.0.1" in str(base_url) else None
+        calls.append({"config": config, "base_url": base_url, "out": out_dir, "alive": alive})
+        return {"report": "# fake report"}
+    return run_flow
+
+
+def test_run_without_url_starts_and_stops_the_local_server(monkeypatch, tmp_path) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(flows.run, "run_flow", fake_flow(calls))
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    res = CliRunner().invoke(cli.app, ["run", "--seeds", "3", "--epochs", "5", "--out", str(tmp_path / "o"),
+                                       "--store", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "starting the local LLM server" in res.output and "fake report" in res.output
+    (call,) = calls
+    cfg: RunConfig = call["config"]
+    assert call["alive"] == 200 and cfg.llm.model == "llmrec-heuristic"
+    assert cfg.seeds == (2020, 2021, 2022) and cfg.train.max_epochs == 5
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{call['base_url']}/models", timeout=2)  # stopped at the end
+
+
+def test_run_with_url_starts_nothing(monkeypatch, tmp_path) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(flows.run, "run_flow", fake_flow(calls))
+    started = []
+    monkeypatch.setattr(cli, "local_llm_server", lambda: started.append(1))
+    res = CliRunner().invoke(cli.app, ["run", "--base-url", "http://example.invalid/v1", "--out",
+                                       str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert not started and "local LLM server" not in res.output
+    assert calls[0]["base_url"] == "http://example.invalid/v1" and calls[0]["config"].llm.model == LLMConfig().model

@@ -1,0 +1,118 @@
+"""The end-to-end `run` flow on real MovieLens rows against the real local LLM server (a subprocess): the report's
+outputs, and a re-run that recomputes nothing and makes no HTTP request."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+from flows.run import run_flow
+from recsys.config import (
+    AugmentConfig,
+    DataConfig,
+    LLMConfig,
+    LLMRecConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+from recsys.eval.report import COLUMNS, metrics_frame, metrics_rows, report_markdown, summary_frame
+from tests.llm_server import start_llm_server
+
+UNCACHED = ("plan-batches", "collect-stage")  # cheap bookkeeping tasks with no content key
+SUBFLOWS = re.compile(r"^(base|augment)-\d+$")  # the task runs that stand for subflow runs in their parent
+
+
+def run_config(dataset: str, base_url: str) -> RunConfig:
+    return RunConfig(
+        data=DataConfig(dataset=dataset),
+        model=ModelConfig(name="lightgcn", embedding_dim=16, n_layers=2),
+        train=TrainConfig(max_epochs=3, patience=2, batch_size=256, lr=0.01, device="cpu"),
+        llm=LLMConfig(model="llmrec-heuristic", base_url=base_url, rpm=None, tpm=None, backoff_initial_s=0.05,
+                      backoff_max_s=1.0, timeout_s=20.0),
+        augment=AugmentConfig(users_per_batch=30, items_per_batch=400),
+        llmrec=LLMRecConfig(embedding_dim=16, n_layers=2),
+        seeds=(2020, 2021),
+    )
+
+
+def all_task_states(flow_run_id) -> dict[str, str]:
+    """Task-run name -> state name over the flow run and all its subflow runs, read back from the Prefect API."""
+    with get_client(sync_client=True) as client:
+        ids, frontier = [flow_run_id], [flow_run_id]
+        while frontier:
+            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+            frontier = [c.id for c in children]
+            ids += frontier
+        deadline = time.monotonic() + 30
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+            states = {r.name: r.state.name for r in runs if r.state is not None}
+            if all(s not in ("Pending", "Running", "Scheduled") for s in states.values()) \
+                    or time.monotonic() > deadline:
+                return states
+            time.sleep(0.5)
+
+
+def test_report_summary_and_paired_test() -> None:
+    rows = []
+    for seed, (base, llm) in zip((1, 2, 3), ((0.20, 0.22), (0.21, 0.24), (0.19, 0.22)), strict=True):
+        rows += metrics_rows("lightgcn", seed, {"test": {"ndcg@10": base}})
+        rows += metrics_rows("llmrec", seed, {"test": {"ndcg@10": llm}})
+    frame = metrics_frame(rows)
+    assert list(frame.columns) == list(COLUMNS) and set(frame["k"]) == {10}
+    s = summary_frame(frame).set_index("variant")
+    assert s.at["llmrec", "mean"] == pytest.approx(np.mean([0.22, 0.24, 0.22]))
+    assert s.at["llmrec", "rel_vs_baseline"] == pytest.approx(0.68 / 0.60 - 1)
+    from scipy.stats import ttest_rel
+
+    assert s.at["llmrec", "p_value"] == pytest.approx(ttest_rel([0.22, 0.24, 0.22], [0.20, 0.21, 0.19]).pvalue)
+    md = report_markdown(frame)
+    assert "| ndcg@10 | 0.2000 ± 0.0100 | 0.2267 ± 0.0115 | +13.3% |" in md
+
+
+@pytest.mark.slow
+def test_run_flow_end_to_end_then_rerun_is_all_cached(small_movielens, tmp_path):
+    store, out = str(tmp_path / "store"), tmp_path / "out"
+    with start_llm_server() as server:
+        cfg = run_config(str(small_movielens), server.base_url)
+        t0 = time.monotonic()
+        state = run_flow(config=cfg, store_root=store, out_dir=str(out), return_state=True)
+        first = time.monotonic() - t0
+        assert state.is_completed(), state.message
+        assert server.stats()["chat_ok"] > 0
+
+        metrics = pd.read_parquet(out / "metrics.parquet")
+        assert list(metrics.columns) == list(COLUMNS)
+        assert set(metrics["variant"]) == {"lightgcn", "llmrec"} and set(metrics["split"]) == {"valid", "test"}
+        assert set(metrics["seed"]) == {2020, 2021}
+        per = metrics.groupby(["variant", "split", "seed"]).size()
+        assert len(per) == 8 and per.nunique() == 1  # every variant x split x seed has the same metrics
+        assert metrics["value"].between(0, 1).all()
+        assert ((metrics["metric"] == "ndcg") & (metrics["k"] == 10)).any()
+        report = (out / "report.md").read_text()
+        assert "lightgcn" in report and "llmrec" in report and "ndcg@10" in report and "p llmrec" in report
+        assert (out / "augment" / "augmented_edges.parquet").is_file()
+        result = state.result()
+        assert set(result["refs"]["features"]) == {"item_text", "user_profile", "item_attr_director",
+                                                   "item_attr_country", "item_attr_language"}
+
+        server.reset()
+        t0 = time.monotonic()
+        state2 = run_flow(config=cfg, store_root=store, out_dir=str(tmp_path / "out2"), return_state=True)
+        second = time.monotonic() - t0
+        assert state2.is_completed(), state2.message
+        assert server.stats()["requests"] == 0
+    states = all_task_states(state2.state_details.flow_run_id)
+    keyed = {n: s for n, s in states.items() if not n.startswith(UNCACHED) and not SUBFLOWS.match(n)}
+    assert any(n.startswith("train-llmrec") for n in keyed) and any(n.startswith("embed-") for n in keyed)
+    assert set(keyed.values()) == {"Cached"}, {n: s for n, s in keyed.items() if s != "Cached"}
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out2" / "metrics.parquet"), metrics)
+    print(f"run flow on {small_movielens.name}: first {first:.1f} s, cached re-run {second:.1f} s")
