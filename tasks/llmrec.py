@@ -25,11 +25,11 @@ from recsys.embed.features import align
 from recsys.eval.ranking import evaluate
 from recsys.models.llmrec import LLMRec, build_llmrec, feature_group
 from recsys.train.augmented import EDGE_COLUMNS, AugmentedEdges
-from recsys.train.trainer import EpochReport, fit, resolve_device
+from recsys.train.trainer import resolve_device
 from storage.store import ArtifactStore
 from tasks.common import cache_key_fn, read_dense_split, stage_ref
 from tasks.embed import read_embeddings
-from tasks.train import history_frame
+from tasks.train import fit_and_store
 
 EDGE_TABLE = "rows"  # of augment-edges batches
 
@@ -92,30 +92,14 @@ def train_llmrec(store_root: str, split_ref: str, edge_refs: list[str] | None, f
     ref = stage_ref("llmrec", {**params, "store_root": store_root}, _edge_digests)
     if store.exists(ref):
         return str(ref)
-    logger = get_run_logger()
     data, ids, features, coverage = _inputs(store, split_ref, feature_refs)
     augmented = read_edges(store, edge_refs, ids)
     net = build_llmrec(llmrec, data, features, augmented=augmented, seed=train.seed)
-
-    def report(r: EpochReport) -> None:
-        logger.info("%s", r.describe())
-
-    result = fit(net, data, train.tuned_for(llmrec.backbone), eval, on_epoch=report)
-    with store.write(ref.stage, ref.key, params) as w:
-        w.tensors("checkpoint", result.best_state)
-        w.table("history", history_frame(result.history))
-        w.json("fit", {
-            "model": "llmrec",
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "seconds_per_epoch": result.seconds_per_epoch,
-            "valid": result.best_valid,
-            "device": result.device,
-            "feature_coverage": coverage,
-            "augmented_edges": 0 if augmented is None else len(augmented),
-        })
-    logger.info("llmrec best epoch %d of %d; valid ndcg@10 %.4f", result.best_epoch, result.epochs_run,
-                result.best_valid.get("ndcg@10", float("nan")))
+    fit_and_store(store, ref, params, net, data, train.tuned_for(llmrec.backbone), eval, {
+        "model": "llmrec",
+        "feature_coverage": coverage,
+        "augmented_edges": 0 if augmented is None else len(augmented),
+    })
     return str(ref)
 
 

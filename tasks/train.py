@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import torch
@@ -12,8 +14,8 @@ from recsys.data.dataset import DenseSplit
 from recsys.eval.ranking import evaluate
 from recsys.models.base import Recommender
 from recsys.models.factory import build_model
-from recsys.train.trainer import EpochReport, fit, resolve_device
-from storage.store import ArtifactStore
+from recsys.train.trainer import EpochReport, FitResult, fit, resolve_device
+from storage.store import ArtifactRef, ArtifactStore
 from tasks.common import cache_key_fn, read_dense_split, stage_ref
 
 
@@ -25,27 +27,36 @@ def train_model(store_root: str, split_ref: str, model: ModelConfig, train: Trai
     ref = stage_ref("train", params)
     if store.exists(ref):
         return str(ref)
-    logger = get_run_logger()
     data, _ = read_dense_split(store, split_ref)
     net = build_model(model, data, seed=train.seed)
+    fit_and_store(store, ref, params, net, data, train.tuned_for(model.name), eval, {"model": model.name})
+    return str(ref)
+
+
+def fit_and_store(store: ArtifactStore, ref: ArtifactRef, params: dict[str, Any], net: Recommender,
+                  data: DenseSplit, train: TrainConfig, eval: EvalConfig, summary: dict[str, Any]) -> FitResult:
+    """Fit with early stopping on VALID, logging each epoch; store checkpoint, history and fit.json (`summary`
+    first, then the fit's numbers)."""
+    logger = get_run_logger()
 
     def report(r: EpochReport) -> None:
         logger.info("%s", r.describe())
 
-    result = fit(net, data, train.tuned_for(model.name), eval, on_epoch=report)
+    result = fit(net, data, train, eval, on_epoch=report)
     with store.write(ref.stage, ref.key, params) as w:
         w.tensors("checkpoint", result.best_state)
         w.table("history", history_frame(result.history))
         w.json("fit", {
-            "model": model.name,
+            **summary,
             "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
             "seconds_per_epoch": result.seconds_per_epoch,
             "valid": result.best_valid,
             "device": result.device,
         })
-    logger.info("best epoch %d of %d; valid %s", result.best_epoch, result.epochs_run, _fmt(result.best_valid))
-    return str(ref)
+    logger.info("%s: best epoch %d of %d; valid %s", summary.get("model"), result.best_epoch, result.epochs_run,
+                _fmt(result.best_valid))
+    return result
 
 
 def history_frame(history: list[dict]) -> pd.DataFrame:
