@@ -232,7 +232,10 @@ def run(
             data=DataConfig(dataset=dataset, data_dir=data_dir),
             split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
             train=TrainConfig(max_epochs=epochs, device=device.value),
-            llm=LLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url),
+            # The local server started below enforces no rate limit, so the client's own limits are lifted
+            # (they are not part of any cache key).
+            llm=LLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
+                          **({"rpm": None, "tpm": None} if local else {})),
             augment=AugmentConfig(max_cost_usd=max_cost_usd),
             embed=EmbedConfig(backend=embed_backend),  # type: ignore[arg-type]
             seeds=tuple(2020 + i for i in range(seeds)),
