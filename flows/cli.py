@@ -125,8 +125,8 @@ def augment(
     out: Path = typer.Option(Path("runs/augment"), help="Output folder."),
     max_cost_usd: float | None = typer.Option(None, help="Budget: stop before spending more than this."),
     users_per_batch: int = typer.Option(AugmentConfig().users_per_batch, help="Users per Prefect task run."),
-    rpm: int = typer.Option(LLMConfig().rpm, help="Requests per minute allowed by your endpoint."),
-    tpm: int = typer.Option(LLMConfig().tpm, help="Tokens per minute allowed by your endpoint."),
+    rpm: int = typer.Option(LLMConfig().rpm, help="Requests per minute allowed by your endpoint (0: no limit)."),
+    tpm: int = typer.Option(LLMConfig().tpm, help="Tokens per minute allowed by your endpoint (0: no limit)."),
     price_table: Path | None = typer.Option(None, help="YAML of USD per 1M input/output tokens per model."),
     store: Path | None = typer.Option(None, help="Artifact store shared by runs [env LLMREC_STORE]."),
 ) -> None:
@@ -143,7 +143,7 @@ def augment(
             split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
             model=ModelConfig(name=base_model.value),
             train=TrainConfig(max_epochs=epochs),
-            llm=LLMConfig(model=model, base_url=base_url, rpm=rpm, tpm=tpm, price_table=price_table),
+            llm=LLMConfig(model=model, base_url=base_url, rpm=rpm or None, tpm=tpm or None, price_table=price_table),
             augment=AugmentConfig(stages=tuple(s.strip() for s in stages.split(",") if s.strip()),
                                   max_cost_usd=max_cost_usd, users_per_batch=users_per_batch),
         )

@@ -29,7 +29,7 @@ def test_cli_server_and_augment(small_movielens, tmp_path):
         proc = subprocess.run(
             [sys.executable, "-m", "flows.cli", "augment", "--base-url", f"{match.group(1)}/v1",
              "--model", "llmrec-heuristic", "--stages", "profiles,attributes", "--dataset", str(small_movielens),
-             "--base-model", "mf", "--epochs", "2", "--out", str(out)],
+             "--base-model", "mf", "--epochs", "2", "--rpm", "0", "--tpm", "0", "--out", str(out)],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     finally:
         server.terminate()
