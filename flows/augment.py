@@ -9,19 +9,23 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.base import base_flow
+from flows.runners import describe, future_done, future_failure, with_runner
 from recsys.config import AugmentRunConfig, default_store_dir
 from storage.atomic import write_parquet
-from storage.ledger import read_ledger
-from tasks.augment import augment_batch, batch_ref, collect_stage, plan_batches
+from storage.ledger import read_ledger, store_ledger_root
+from tasks.augment import BatchFailed, augment_batch, batch_ref, collect_stage, plan_batches
 from tasks.common import bind
 from tasks.cost import Budget, publish_cost, run_ledger, spent_usd
+from tasks.ratelimit import check_rate_limit
 
 OUTPUT_FILES = {"edges": "augmented_edges.parquet", "profiles": "user_profiles.parquet",
                 "attributes": "item_attributes.parquet"}
+RUN_LEDGER_FILE = "ledger.parquet"  # this run's ledger rows, beside its outputs
 
 
 class AugmentFailed(RuntimeError):
@@ -29,10 +33,11 @@ class AugmentFailed(RuntimeError):
 
 
 def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, str], config: AugmentRunConfig,
-              ledger_root: str, budget: Budget) -> tuple[list[str], list[int], int]:
+              ledger_root: str, budget: Budget) -> tuple[list[str], dict[int, str], int]:
     """Submit the stage's batches, at most `max_batches_in_flight` at once and only while the budget allows.
 
-    Returns the batch refs, the numbers of the batches that failed, and how many were not started.
+    Returns the batch refs, the failed batches (number -> the task run's state message), and how many batches
+    were not started.
     """
     task = bind(augment_batch, root)
     shared = {"dataset_ref": refs["dataset"], "split_ref": refs["split"], "candidates_ref": refs["candidates"],
@@ -40,7 +45,7 @@ def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, s
     pending = list(enumerate(batches))
     running: dict[int, Any] = {}
     finished: list[str] = []
-    failed: list[int] = []
+    failed: dict[int, str] = {}
     denied_at = -1  # how many batches had finished when the budget last said no: it can only change after more
     while pending or running:
         while pending and len(running) < config.augment.max_batches_in_flight:
@@ -54,14 +59,25 @@ def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, s
         if not running:
             break  # the budget stopped scheduling
         for i, fut in list(running.items()):
-            if fut.state.is_final():
+            if future_done(fut):
                 del running[i]
                 finished.append(str(i))
-                if not fut.state.is_completed():
-                    failed.append(i)
+                if (why := future_failure(fut)) is not None:
+                    failed[i] = why
         time.sleep(0.05)
     batch_refs = [str(batch_ref({"stage": stage, "ids": ids, **shared})) for _, ids in enumerate(batches)]
-    return batch_refs, sorted(failed), len(pending)
+    return batch_refs, dict(sorted(failed.items())), len(pending)
+
+
+def _check_runner(config: AugmentRunConfig, logger: Any) -> None:
+    """Warn when the config asks for a runner this flow run does not have (it was called without
+    `run_augment` / `flows.runners.with_runner`)."""
+    ctx = FlowRunContext.get()
+    current = describe(ctx.task_runner) if ctx is not None else "?"
+    wanted = "DaskTaskRunner" if config.runner.kind == "dask" else "ThreadPoolTaskRunner"
+    if current != wanted:
+        logger.warning("config.runner asks for %s but this flow run uses %s: call flows.augment.run_augment "
+                       "(or flows.runners.with_runner) to run the batches there", wanted, current)
 
 
 @flow(name="augment", task_runner=ThreadPoolTaskRunner(max_workers=8))
@@ -70,14 +86,18 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
     """Base model -> candidates -> LLM augmentation of edges, profiles and attributes (paper §3.1, Figure 1).
 
     Writes augmented_edges / user_profiles / item_attributes Parquet (and augment_failures.parquet) to `out_dir`;
-    every HTTP call is a row in the cost ledger under `<out_dir>/ledger` (else `<store>/ledger`). The result's
-    "batches" maps each stage to its batch refs: together they are that stage's artifact for later stages.
+    every HTTP call is a row in the store's cost ledger (`<store>/ledger`, shared by all runs), and this run's
+    rows are also written to `<out_dir>/ledger.parquet`. The result's "batches" maps each stage to its batch refs:
+    together they are that stage's artifact for later stages. Batches run on this flow's task runner: use
+    `run_augment` to honour `config.runner`.
     """
     config = config or AugmentRunConfig()
     logger = get_run_logger()
+    _check_runner(config, logger)
+    check_rate_limit(config.llm.prefect_rate_limit)  # before any work: a missing limit must not start the run
     root = str(store_root or default_store_dir())
     refs = base_flow(config=config.base(), store_root=root)["refs"]
-    ledger_root = str(Path(out_dir) / "ledger" if out_dir else Path(root) / "ledger")
+    ledger_root = str(store_ledger_root(root))
     run_id = str(flow_run.id)
     budget = Budget(config.augment.max_cost_usd, ledger_root, run_id)
 
@@ -94,8 +114,11 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
         outputs[stage], failures = rows, [*failures, fails]
         logger.info("%s: %d answered, %d failed, %d of %d batches failed, %d not started",
                     stage, len(rows), len(fails), len(failed), len(batches), not_started)
+        # A batch that crashed (rather than record failed items) wrote nothing: name it and its error.
+        crashed = {i: m for i, m in failed.items() if BatchFailed.__name__ not in m}
         if len(fails):
-            problems.append(f"{stage}: {len(fails)} items failed in batches {failed}")
+            problems.append(f"{stage}: {len(fails)} items failed in batches {sorted(set(failed) - set(crashed))}")
+        problems += [f"{stage} batch {i} crashed: {m}" for i, m in crashed.items()]
         if not_started:
             problems.append(f"{stage}: budget ${budget.max_cost_usd} reached after spending ${budget.spent():.6f}; "
                             f"{not_started} of {len(batches)} batches not started")
@@ -104,13 +127,21 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
     all_failures = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame()
     rows = run_ledger(ledger_root, run_id)
     fail_counts = {s: int((all_failures["stage"] == s).sum()) for s in outputs} if len(all_failures) else {}
-    publish_cost(rows, fail_counts, config.augment.max_cost_usd, spent_usd(read_ledger(ledger_root)))
+    publish_cost(rows, fail_counts, config.augment.max_cost_usd, spent_usd(read_ledger(ledger_root)), ledger_root)
     if out_dir:
         for stage, frame in outputs.items():
             write_parquet(Path(out_dir) / OUTPUT_FILES[stage], frame)
         write_parquet(Path(out_dir) / "augment_failures.parquet", all_failures)
+        write_parquet(Path(out_dir) / RUN_LEDGER_FILE, rows)
     result = {"refs": refs, "rows": {s: len(f) for s, f in outputs.items()}, "failed": len(all_failures),
               "cost_usd": spent_usd(rows), "ledger": ledger_root, "batches": stage_batches}
     if problems:
         raise AugmentFailed("; ".join(problems) + f". Spent ${spent_usd(rows):.6f} in this run. Re-run to retry.")
     return result
+
+
+def run_augment(config: AugmentRunConfig | None = None, store_root: str | None = None,
+                out_dir: str | None = None) -> dict[str, Any]:
+    """`augment_flow` with its batches on the task runner `config.runner` names (threads or Dask)."""
+    config = config or AugmentRunConfig()
+    return with_runner(augment_flow, config.runner)(config=config, store_root=store_root, out_dir=out_dir)

@@ -175,6 +175,11 @@ class LLMConfig(_Config):
     max_reasks: int = Field(2, ge=0)  # re-asks after a malformed or invalid answer, then the item is failed
     cache_dir: Path | None = None  # response cache; None: <store>/llm-cache
     price_table: Path | None = None  # YAML of USD per 1M input/output tokens; None: the packaged table
+    # A Prefect global concurrency limit with slot decay that every HTTP attempt takes a slot of, so that flow
+    # runs in several processes sharing one API key hold its requests/minute together (on top of `rpm` above,
+    # which is per process). Create it first: `prefect gcl create NAME --limit N --slot-decay-per-second R`;
+    # a name that does not exist fails the run. None: no cross-process limit.
+    prefect_rate_limit: str | None = None
 
 
 class AugmentConfig(_Config):
@@ -194,6 +199,7 @@ class AugmentRunConfig(BaseRunConfig):
 
     llm: LLMConfig = LLMConfig()
     augment: AugmentConfig = AugmentConfig()
+    runner: RunnerConfig = Field(default_factory=lambda: RunnerConfig())  # where batches run; in no cache key
 
     def base(self) -> BaseRunConfig:
         """The base-stage part alone (so its cache keys equal those of `llmrec train`)."""
@@ -273,6 +279,7 @@ class EmbedConfig(_Config):
     backoff_max_s: float = Field(60.0, gt=0)
     cache_dir: Path | None = None  # text-hash vector cache; None: <store>/embed-cache
     price_table: Path | None = None  # None: the packaged table (recsys/llm/prices.yaml)
+    prefect_rate_limit: str | None = None  # openai backend: as LLMConfig.prefect_rate_limit
 
     @property
     def resolved_model(self) -> str:
@@ -311,3 +318,22 @@ class RunConfig(AugmentRunConfig):
         if len(set(v)) != len(v):
             raise ValueError(f"seeds must be distinct, got {v}")
         return v
+
+
+class RunnerConfig(_Config):
+    """Where a flow's task runs go: a thread pool in the flow's process, or a Dask cluster. It changes where work
+    runs, never what it writes, so no part of it is in any content or cache key."""
+
+    kind: Literal["threads", "dask"] = "threads"
+    threads: int = Field(8, ge=1)  # "threads": task runs at once in the flow's process
+    # "dask": an existing scheduler ("tcp://host:8786"), else a LocalCluster of `dask_workers` processes started
+    # for the flow run. Each worker process has its own client rate limiter (see LLMConfig.prefect_rate_limit).
+    dask_address: str | None = None
+    dask_workers: int = Field(2, ge=1)
+    dask_threads_per_worker: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunnerConfig:
+        if self.dask_address is not None and self.kind != "dask":
+            raise ValueError("dask_address needs kind 'dask'")
+        return self

@@ -30,6 +30,7 @@ from storage.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 PARTITION = "flow_run_id"
+STORE_LEDGER_DIR = "ledger"  # <store>/ledger: the one ledger every run writes to and `llmrec cost` reads
 COLUMNS = [
     "timestamp", "flow_run_id", "stage", "batch", "model", "prompt_tokens", "completion_tokens", "cached",
     "latency_s", "attempt", "retries", "outcome", "cost_usd",
@@ -183,6 +184,32 @@ def read_ledger(
         cutoff = pd.Timestamp(_iso(since) if isinstance(since, int | float) else since)
         cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
         frame = frame[frame["timestamp"] >= cutoff]
+    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def store_ledger_root(store_root: str | Path) -> Path:
+    """Where the runs using the artifact store `store_root` keep their ledger."""
+    return Path(store_root).expanduser() / STORE_LEDGER_DIR
+
+
+class LedgerNotFound(FileNotFoundError):
+    """A ledger folder holds no ledger partition."""
+
+
+def read_ledgers(roots: list[str | Path], since: datetime | str | float | None = None) -> pd.DataFrame:
+    """The rows of several ledgers together (see `read_ledger`); raises `LedgerNotFound` naming the folder when
+    one of them holds no `flow_run_id=*` partition at all."""
+    frames = []
+    for root in roots:
+        root = Path(root).expanduser()
+        if not root.is_dir() or not any(root.glob(f"{PARTITION}=*")):
+            state = "is not a folder" if not root.is_dir() else f"holds no {PARTITION}=* partition"
+            raise LedgerNotFound(f"no cost ledger at {root}: it {state} (runs write to <store>/{STORE_LEDGER_DIR})")
+        frames.append(read_ledger(root, since))
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return _normalise(pd.DataFrame(columns=COLUMNS))
+    frame = _normalise(pd.concat(frames, ignore_index=True))
     return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
 
 

@@ -35,6 +35,7 @@ from storage.keys import content_key
 from storage.ledger import LedgerWriter
 from storage.store import ArtifactRef, ArtifactStore
 from tasks.common import keyed_on, read_split
+from tasks.ratelimit import prefect_rate_limit_hook
 
 TEMPLATES = {"edges": EDGES_VERSION, "profiles": PROFILES_VERSION, "attributes": ATTRIBUTES_VERSION}
 STAGE_VERSION = "1"
@@ -106,7 +107,8 @@ def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], datas
     with (
         LedgerWriter(ledger_root, run_id, f"{stage}-{batch:05d}-{uuid.uuid4().hex[:8]}") as ledger,
         LLMClient(llm, cache_dir=llm_cache_dir(store_root, llm),
-                  usage_sink=lambda e: ledger.append(_ledger_row(e, run_id))) as client,
+                  usage_sink=lambda e: ledger.append(_ledger_row(e, run_id)),
+                  before_request=prefect_rate_limit_hook(llm.prefect_rate_limit)) as client,
     ):
         common = {"max_reasks": llm.max_reasks, "max_workers": llm.max_in_flight, "tags": tags}
         if stage == "attributes":

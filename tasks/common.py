@@ -26,10 +26,10 @@ STAGE_VERSIONS: dict[str, str] = {
     "dataset": "1",
     "split": "1",
     "train": "1",
-    "evaluate": "1",
+    "evaluate": "2",  # 2: metrics gain ndcg_official
     "candidates": "1",
     "llmrec": "1",
-    "llmrec-evaluate": "1",
+    "llmrec-evaluate": "2",  # 2: metrics gain ndcg_official
 }
 
 KeyExtra = Callable[[Mapping[str, Any]], Any]

@@ -69,14 +69,24 @@ def cost_table(rows: pd.DataFrame, failures: dict[str, int]) -> list[dict[str, o
     return out
 
 
-def publish_cost(rows: pd.DataFrame, failures: dict[str, int], budget: float | None, total_usd: float) -> None:
-    """Prefect artifacts of one augment run: the cost table and spend against the budget."""
+def budget_lines(run_usd: float, ledger_usd: float, budget: float | None, ledger_root: str) -> str:
+    """Markdown: this run's spend and the ledger's running total, each against the run budget."""
+    cap = f"${budget:.4f}" if budget is not None else "none"
+    left = f"${budget - run_usd:.6f}" if budget is not None else "-"
+    status = "over budget" if budget is not None and run_usd > budget else "within budget"
+    return (f"| | USD |\n|---|---|\n| this run | {run_usd:.6f} |\n| budget of this run | {cap} |\n"
+            f"| left in this run's budget | {left} |\n| all runs in the ledger (`{ledger_root}`) | {ledger_usd:.6f} |\n"
+            f"\nThis run is **{status}**.\n")
+
+
+def publish_cost(rows: pd.DataFrame, failures: dict[str, int], budget: float | None, total_usd: float,
+                 ledger_root: str) -> None:
+    """Prefect artifacts of one augment run: the cost table, and this run's spend and the ledger's running total
+    (`total_usd`, every run in `ledger_root`) against the budget."""
     table = cost_table(rows, failures)
     create_table_artifact(key="augment-cost", table=table, description="LLM calls, tokens, cost and failures")
-    cap = f"${budget:.4f}" if budget is not None else "none"
-    md = (f"# Augmentation cost\n\nThis run: **${spent_usd(rows):.6f}**; budget: {cap}; "
-          f"all runs in this ledger: ${total_usd:.6f}\n\n| stage | http calls | cache hits | cost USD | failed |\n"
-          "|---|---|---|---|---|\n")
-    md += "".join(f"| {r['stage']} | {r['http_calls']} | {r['cache_hits']} | {r['cost_usd']} | {r['failed_items']} |\n"
-                  for r in table)
+    md = "# Augmentation cost\n\n" + budget_lines(spent_usd(rows), total_usd, budget, ledger_root)
+    md += ("\n| stage | model | http calls | cache hits | cost USD | failed |\n|---|---|---|---|---|---|\n"
+           + "".join(f"| {r['stage']} | {r['model']} | {r['http_calls']} | {r['cache_hits']} | {r['cost_usd']} | "
+                     f"{r['failed_items']} |\n" for r in table))
     create_markdown_artifact(key="augment-cost-summary", markdown=md, description="spend against budget")

@@ -29,9 +29,10 @@ from recsys.embed.features import load_feature_file
 from recsys.embed.texts import TEXTS_VERSION, texts_for
 from recsys.llm.client import UsageEvent
 from storage.keys import content_key, file_sha256
-from storage.ledger import LedgerWriter
+from storage.ledger import LedgerWriter, store_ledger_root
 from storage.store import ArtifactRef, ArtifactStore
 from tasks.common import keyed_on
+from tasks.ratelimit import prefect_rate_limit_hook
 
 STAGE = "embed"
 STAGE_VERSION = "1"
@@ -108,7 +109,7 @@ def embed_source(store_root: str, source: str, input_refs: list[str], embed: Emb
     run_id = str(flow_run.id or "no-flow-run")
     ledger = None
     if embed.backend == "openai":
-        ledger = LedgerWriter(ledger_root or Path(store_root) / "ledger", run_id,
+        ledger = LedgerWriter(ledger_root or store_ledger_root(store_root), run_id,
                               f"embed-{source}-{uuid.uuid4().hex[:8]}")
 
     def sink(event: UsageEvent) -> None:
@@ -118,7 +119,9 @@ def embed_source(store_root: str, source: str, input_refs: list[str], embed: Emb
     vectors = VectorCache(cache_dir(store_root, embed))
     backend = make_embedder(embed, usage_sink=sink if ledger else None,
                             local=shared_local() if embed.backend == "local" else None,
-                            tags={"stage": "embed", "batch": source})
+                            tags={"stage": "embed", "batch": source},
+                            before_request=prefect_rate_limit_hook(embed.prefect_rate_limit)
+                            if embed.backend == "openai" else None)
     try:
         encoder = CachedEmbedder(backend, vectors, batch_size=embed.batch_size, dimensions=embed.dimensions)
         matrix = encoder.encode(texts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,11 @@ os.environ.pop("PREFECT_API_URL", None)
 REPO = Path(__file__).resolve().parents[1]
 
 pytest_plugins = ["tests.llm_server"]  # the fixtures `llm_server` and `llm_server_factory`
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's PREFECT_HOME (database and persisted results): nothing of a test run is left in /tmp."""
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 
 def shared_dir() -> Path:

@@ -41,8 +41,9 @@ def test_cli_server_and_augment(small_movielens, tmp_path):
     assert sorted(profiles["user_id"]) == list(range(1, SMALL_USERS + 1))
     assert set(attributes["item_id"]) == set(items["item_id"])
     assert profiles["age"].between(5, 100).all() and profiles["gender"].isin(["male", "female"]).all()
-    ledger_files = list((out / "ledger").rglob("*.parquet"))
-    assert ledger_files
+    # The run's ledger rows: in the store's ledger (all runs) and beside the outputs (this run).
+    assert list((tmp_path / "store" / "ledger").rglob("*.parquet"))
+    assert len(pd.read_parquet(out / "ledger.parquet")) > 0
     # The API key is read from the environment and written nowhere.
     written = [p for p in [*out.rglob("*"), *(tmp_path / "store").rglob("*")] if p.is_file()]
     assert not [p for p in written if b"sk-cli-test-secret" in p.read_bytes()]

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import flows.cli as cli
 import flows.run
+from recsys.ablations import VARIANTS
 from recsys.config import LLMConfig, RunConfig
 
 
@@ -23,9 +24,10 @@ def test_local_llm_server_starts_answers_and_stops() -> None:
 
 
 def fake_flow(calls: list[dict[str, Any]]):
-    def run_flow(config: RunConfig, store_root: str | None, out_dir: str, base_url: str | None) -> dict:
+    def run_flow(config: RunConfig, store_root: str | None, out_dir: str, base_url: str | None,
+                 variants: list[str]) -> dict:
         alive = httpx.get(f"{base_url}/models", timeout=10).status_code if "127.0.0.1" in str(base_url) else None
-        calls.append({"config": config, "base_url": base_url, "out": out_dir, "alive": alive})
+        calls.append({"config": config, "base_url": base_url, "out": out_dir, "alive": alive, "variants": variants})
         return {"report": "# fake report"}
     return run_flow
 
@@ -56,3 +58,19 @@ def test_run_with_url_starts_nothing(monkeypatch, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert not started and "local LLM server" not in res.output
     assert calls[0]["base_url"] == "http://example.invalid/v1" and calls[0]["config"].llm.model == LLMConfig().model
+    assert calls[0]["variants"] == ["llmrec"]
+
+
+def test_ablate_trains_every_variant_by_default_and_checks_names(monkeypatch, tmp_path) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(flows.run, "run_flow", fake_flow(calls))
+    url = ["--base-url", "http://example.invalid/v1", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(cli.app, ["ablate", "--seeds", "2", *url])
+    assert res.exit_code == 0, res.output
+    assert calls[0]["variants"] == list(VARIANTS) and calls[0]["config"].seeds == (2020, 2021)
+    res = CliRunner().invoke(cli.app, ["ablate", "--variants", "w/o-u, llmrec", *url])
+    assert res.exit_code == 0, res.output
+    assert calls[1]["variants"] == ["w/o-u", "llmrec"]
+    res = CliRunner().invoke(cli.app, ["run", "--variants", "llmrec,w/o-everything", *url])
+    assert res.exit_code == 2 and "w/o-everything" in res.output and "w/o-u&i" in res.output
+    assert len(calls) == 2  # a bad name stops before any flow runs

@@ -27,7 +27,7 @@ from recsys.config import (
     SplitConfig,
     TrainConfig,
 )
-from storage.ledger import read_ledger
+from storage.ledger import LedgerWriter, read_ledger
 from tests.conftest import REPO
 from tests.conftest import SMALL_USERS as N_USERS
 from tests.llm_server import start_llm_server
@@ -105,8 +105,9 @@ def test_rerun_asks_only_failed_batches_and_ledger_matches_server(small_movielen
         assert chat_requests(stats) == len(failed)
         assert result["failed"] == 0 and result["rows"] == {"edges": N_USERS, "profiles": N_USERS}
 
-        ledger = read_ledger(out / "ledger")
-        rerun = ledger[ledger["flow_run_id"] == ledger.sort_values("timestamp")["flow_run_id"].iloc[-1]]
+        rerun = pd.read_parquet(out / "ledger.parquet")  # this run's rows; all runs' rows are in the store
+        assert rerun["flow_run_id"].nunique() == 1
+        assert len(read_ledger(Path(store) / "ledger")) > len(rerun)
         http = rerun[~rerun["cached"] & (rerun["outcome"] == "ok")]
         assert int(http["prompt_tokens"].sum()) == stats["prompt_tokens"]
         assert int(http["completion_tokens"].sum()) == stats["completion_tokens"]
@@ -154,12 +155,22 @@ def test_budget_stops_within_one_batch(small_movielens, tmp_path):
     with start_llm_server() as server:
         cfg = config(DataConfig(dataset=str(small_movielens)), server.base_url, stages=("profiles",),
                      llm={"price_table": prices}, max_cost_usd=1.5, users_per_batch=5)
-        with pytest.raises(AugmentFailed, match=r"budget \$1.5 reached after spending \$"):
+        # An earlier run's spend in the store's ledger: the artifact's running total must include it.
+        with LedgerWriter(tmp_path / "store" / "ledger", "earlier-run", "profiles") as earlier:
+            earlier.append({"stage": "profiles", "batch": "0", "model": "llmrec-heuristic", "prompt_tokens": 10,
+                            "completion_tokens": 5, "cached": False, "attempt": 1, "outcome": "ok",
+                            "cost_usd": 0.25})
+        with pytest.raises(AugmentFailed, match=r"budget \$1.5 reached after spending \$[0-9.]+; \d+ of \d+ batches"):
             augment_flow(config=cfg, store_root=str(tmp_path / "store"), out_dir=str(tmp_path / "out"))
-    ledger = read_ledger(tmp_path / "out" / "ledger")
+    ledger = pd.read_parquet(tmp_path / "out" / "ledger.parquet")  # this run's rows, written though it failed
     per_batch = ledger.groupby("batch")["cost_usd"].sum()
-    assert 0 < ledger["cost_usd"].sum() <= 1.5 + per_batch.max()
+    spent = ledger["cost_usd"].sum()
+    assert 0 < spent <= 1.5 + per_batch.max()
     assert len(per_batch) < N_USERS // 5  # it stopped before the end
+    assert len(read_ledger(tmp_path / "store" / "ledger")) == len(ledger) + 1
+    summary = Artifact.get("augment-cost-summary").data
+    assert f"| this run | {spent:.6f} |" in summary and "| budget of this run | $1.5000 |" in summary
+    assert f"| {spent + 0.25:.6f} |" in summary  # the ledger's running total: this run plus the earlier one
 
 
 @pytest.mark.slow
@@ -180,7 +191,7 @@ def test_full_augment_on_ml100k_then_rerun_is_free(ml100k_dir, reference_split_d
         train = pd.read_parquet(reference_split_dir / "train.parquet")
         assert got["edges"].merge(train, left_on=["user_id", "pos_item_id"],
                                   right_on=["user_id", "item_id"]).empty
-        ledger = read_ledger(out / "ledger")
+        ledger = pd.read_parquet(out / "ledger.parquet")
         assert int(ledger.loc[~ledger["cached"], "prompt_tokens"].sum()) == stats["prompt_tokens"]
 
         server.reset()
@@ -190,3 +201,15 @@ def test_full_augment_on_ml100k_then_rerun_is_free(ml100k_dir, reference_split_d
         assert server.stats()["requests"] == 0
     (tmp_path / "timing.json").write_text(json.dumps({"first_s": first, "second_s": second}))
     print(f"augment ML-100K: first run {first:.1f} s, cached re-run {second:.1f} s")
+
+
+def test_a_crashed_batch_fails_the_run_naming_it(small_movielens, tmp_path, monkeypatch):
+    """A batch that raises before recording anything (here: no API key for OpenAI's API) is not a silent success."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("LLMREC_TEST_NO_KEY", raising=False)
+    cfg = config(DataConfig(dataset=str(small_movielens)), "unused", stages=("profiles",), users_per_batch=40,
+                 llm={"base_url": None, "api_key_env": "LLMREC_TEST_NO_KEY"})
+    with pytest.raises(AugmentFailed, match=r"profiles batch 0 crashed: .*LLMConfigError.*no API key") as failed:
+        augment_flow(config=cfg, store_root=str(tmp_path / "store"), out_dir=str(tmp_path / "out"))
+    assert "profiles batch 1 crashed" in str(failed.value)
+    assert "LLMREC_TEST_NO_KEY" in str(failed.value)  # the message says which variable to set

@@ -1,5 +1,6 @@
 """The end-to-end `run` flow on real MovieLens rows against the real local LLM server (a subprocess): the report's
-outputs, and a re-run that recomputes nothing and makes no HTTP request."""
+outputs, then the `train` flow with ablation variants on the same store (shared models, no HTTP request), and a
+repeat that recomputes nothing."""
 
 from __future__ import annotations
 
@@ -10,9 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+)
 
 from flows.run import run_flow
+from flows.train import train_flow
 from recsys.config import (
     AugmentConfig,
     DataConfig,
@@ -26,7 +34,7 @@ from recsys.eval.report import COLUMNS, metrics_frame, metrics_rows, report_mark
 from tests.llm_server import start_llm_server
 
 UNCACHED = ("plan-batches", "collect-stage")  # cheap bookkeeping tasks with no content key
-SUBFLOWS = re.compile(r"^(base|augment)-\d+$")  # the task runs that stand for subflow runs in their parent
+SUBFLOWS = re.compile(r"^(base|augment|embed)-\d+$")  # the task runs that stand for subflow runs in their parent
 
 
 def run_config(dataset: str, base_url: str) -> RunConfig:
@@ -79,7 +87,9 @@ def test_report_summary_and_paired_test() -> None:
 
 
 @pytest.mark.slow
-def test_run_flow_end_to_end_then_rerun_is_all_cached(small_movielens, tmp_path):
+def test_run_then_ablate_shares_models_and_a_repeat_trains_nothing(small_movielens, tmp_path):
+    """`run` (LightGCN + llmrec), then `train` with ablation variants on the same store: llmrec is the same cached
+    artifact, only the new variants train, no LLM request is made; the same call again is all Cached."""
     store, out = str(tmp_path / "store"), tmp_path / "out"
     with start_llm_server() as server:
         cfg = run_config(str(small_movielens), server.base_url)
@@ -96,7 +106,7 @@ def test_run_flow_end_to_end_then_rerun_is_all_cached(small_movielens, tmp_path)
         per = metrics.groupby(["variant", "split", "seed"]).size()
         assert len(per) == 8 and per.nunique() == 1  # every variant x split x seed has the same metrics
         assert metrics["value"].between(0, 1).all()
-        assert ((metrics["metric"] == "ndcg") & (metrics["k"] == 10)).any()
+        assert {"ndcg", "ndcg_official"} <= set(metrics["metric"])
         report = (out / "report.md").read_text()
         assert "lightgcn" in report and "llmrec" in report and "ndcg@10" in report and "p llmrec" in report
         assert (out / "augment" / "augmented_edges.parquet").is_file()
@@ -105,14 +115,41 @@ def test_run_flow_end_to_end_then_rerun_is_all_cached(small_movielens, tmp_path)
                                                    "item_attr_country", "item_attr_language"}
 
         server.reset()
+        variants = ["llmrec", "w/o-u-i"]
         t0 = time.monotonic()
-        state2 = run_flow(config=cfg, store_root=store, out_dir=str(tmp_path / "out2"), return_state=True)
+        ablate = train_flow(config=cfg, store_root=store, out_dir=str(tmp_path / "ablate"), variants=variants,
+                            return_state=True)
         second = time.monotonic() - t0
-        assert state2.is_completed(), state2.message
-        assert server.stats()["requests"] == 0
-    states = all_task_states(state2.state_details.flow_run_id)
+        assert ablate.is_completed(), ablate.message
+        again = train_flow(config=cfg, store_root=store, out_dir=str(tmp_path / "again"), variants=variants,
+                           return_state=True)
+        assert again.is_completed(), again.message
+        assert server.stats()["requests"] == 0  # augmentation came from the store both times
+
+    ab = pd.read_parquet(tmp_path / "ablate" / "metrics.parquet")
+    cells = ab[ab["split"] == "test"].groupby(["variant", "seed"]).size()
+    assert set(cells.index) == {(v, s) for v in ["lightgcn", *variants] for s in (2020, 2021)}
+    # the baseline and llmrec are the run's own models: the same numbers
+    shared = ab[ab["variant"].isin(["lightgcn", "llmrec"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(shared, metrics.astype(shared.dtypes.to_dict()))
+    refs = ablate.result()["refs"]["variants"]
+    assert refs["llmrec"] == result["refs"]["variants"]["llmrec"]  # one cache key for run and ablate
+    assert refs["w/o-u-i"][2020]["train"] != refs["llmrec"][2020]["train"]
+    states = all_task_states(ablate.state_details.flow_run_id)
+    assert states["train-llmrec-2020"] == states["train-llmrec-2021"] == "Cached"
+    assert states["train-llmrec-wo-u-i-2020"] == states["train-llmrec-wo-u-i-2021"] == "Completed"
+    report = (tmp_path / "ablate" / "report.md").read_text()
+    assert "Ablation (paper Table 3)" in report and "| w/o-u-i |" in report and "Cost per LLM strategy" in report
+    assert "| u-i edges | 0.000000 | 0." in report and "w/o-u-i | 0." in report  # measured; the local server is free
+    assert (tmp_path / "ablate" / "report.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+    states = all_task_states(again.state_details.flow_run_id)  # the repeat trains nothing
     keyed = {n: s for n, s in states.items() if not n.startswith(UNCACHED) and not SUBFLOWS.match(n)}
-    assert any(n.startswith("train-llmrec") for n in keyed) and any(n.startswith("embed-") for n in keyed)
+    assert any(n.startswith("train-llmrec-wo") for n in keyed) and any(n.startswith("embed-") for n in keyed)
     assert set(keyed.values()) == {"Cached"}, {n: s for n, s in keyed.items() if s != "Cached"}
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out2" / "metrics.parquet"), metrics)
-    print(f"run flow on {small_movielens.name}: first {first:.1f} s, cached re-run {second:.1f} s")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "again" / "metrics.parquet"), ab)
+    with get_client(sync_client=True) as client:
+        published = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["llmrec-ablation", "llmrec-report"])))
+    assert {a.key for a in published} == {"llmrec-ablation", "llmrec-report"}
+    print(f"on {small_movielens.name}: run {first:.1f} s, ablate with a new variant {second:.1f} s")

@@ -55,6 +55,14 @@ def test_per_user_values_by_hand() -> None:
             d(5) / (d(1) + d(2) + d(3) + d(4)),
             (d(2) + d(3) + d(4) + d(5)) / (d(1) + d(2) + d(3) + d(4) + d(5)),
         ],
+        # official: IDCG over min(hits retrieved in the top 5, K) ranks (user 0: 2, user 1: 1, user 2: 4)
+        "ndcg_official@1": [1 / 1, 0, 0],
+        "ndcg_official@3": [(d(1) + d(3)) / (d(1) + d(2)), 0, (d(2) + d(3)) / (d(1) + d(2) + d(3))],
+        "ndcg_official@5": [
+            (d(1) + d(3)) / (d(1) + d(2)),
+            d(5) / d(1),
+            (d(2) + d(3) + d(4) + d(5)) / (d(1) + d(2) + d(3) + d(4)),
+        ],
     }
     assert set(m) == set(expected)
     for name, values in expected.items():
@@ -63,7 +71,7 @@ def test_per_user_values_by_hand() -> None:
 
 def test_means_and_key_names() -> None:
     m = ranking_metrics(HITS, N_REL, KS)
-    assert set(m) == {f"{n}@{k}" for n in ("recall", "ndcg", "precision", "hit") for k in KS}
+    assert set(m) == {f"{n}@{k}" for n in ("recall", "ndcg", "precision", "hit", "ndcg_official") for k in KS}
     assert m["recall@5"] == pytest.approx((1 + 1 / 4 + 4 / 10) / 3)
     assert m["precision@3"] == pytest.approx((2 / 3 + 0 + 2 / 3) / 3)
     assert m["hit@3"] == pytest.approx(2 / 3)
@@ -77,6 +85,18 @@ def test_k_beyond_hit_columns_counts_as_misses() -> None:
     assert m["recall@4"] == pytest.approx(1 / 3)
     assert m["precision@4"] == pytest.approx(1 / 4)
     assert m["ndcg@4"] == pytest.approx(1 / (d(1) + d(2) + d(3)))
+
+
+def test_official_ndcg_differs_from_textbook_by_hand() -> None:
+    # |R| = 3, top-4 list with one hit at rank 2. Textbook IDCG@2 = 1 + 1/log2(3) (two relevant items could fill
+    # the top 2); the official IDCG@2 comes from the retrieved hits only: one hit -> IDCG = 1.
+    m = ranking_metrics(np.array([[False, True, False, False]]), np.array([3]), (2, 4))
+    assert m["ndcg@2"] == pytest.approx(0.6309298 / 1.6309298, abs=1e-6)
+    assert m["ndcg_official@2"] == pytest.approx(0.6309298, abs=1e-6)
+    assert m["ndcg_official@4"] == pytest.approx(0.6309298, abs=1e-6)  # still one retrieved hit
+    assert m["ndcg@4"] == pytest.approx(0.6309298 / (1 + 0.6309298 + 0.5), abs=1e-6)
+    # no hit in the retrieved list: 0, not NaN
+    assert ranking_metrics(np.array([[False, False]]), np.array([1]), (2,))["ndcg_official@2"] == 0.0
 
 
 def test_bad_inputs_fail() -> None:

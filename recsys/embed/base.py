@@ -3,7 +3,7 @@ text-hash cache, storage) is built on top of it and is the same for every backen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -59,8 +59,10 @@ def check_matrix(matrix: np.ndarray, n_rows: int, what: str) -> np.ndarray:
 
 
 def make_embedder(cfg: object, *, usage_sink: object = None, api_key: str | None = None,
-                  local: object | None = None, tags: dict[str, str] | None = None) -> Embedder:
-    """The backend `cfg` (an EmbedConfig) asks for; `local` reuses an already loaded LocalEmbedder."""
+                  local: object | None = None, tags: dict[str, str] | None = None,
+                  before_request: Callable[[], None] | None = None) -> Embedder:
+    """The backend `cfg` (an EmbedConfig) asks for; `local` reuses an already loaded LocalEmbedder;
+    `before_request` is called before each HTTP attempt of the openai backend."""
     from recsys.config import EmbedConfig
 
     assert isinstance(cfg, EmbedConfig)
@@ -68,4 +70,5 @@ def make_embedder(cfg: object, *, usage_sink: object = None, api_key: str | None
         return LocalBackend(local, model=cfg.resolved_model, batch_size=cfg.batch_size)
     from recsys.embed.remote import RemoteEmbedder
 
-    return RemoteEmbedder(cfg, usage_sink=usage_sink, api_key=api_key, tags=tags)  # type: ignore[arg-type]
+    return RemoteEmbedder(cfg, usage_sink=usage_sink, api_key=api_key, tags=tags,  # type: ignore[arg-type]
+                          before_request=before_request)

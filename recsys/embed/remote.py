@@ -4,7 +4,8 @@ The same machinery as the chat client (recsys.llm.client): endpoint and key reso
 and in-flight limiter per (base_url, model), the one tenacity retry layer of recsys.llm.retry (the SDK's own
 retries are off), the price table, and one `UsageEvent` per HTTP attempt handed to a usage sink (tasks write them
 to the cost ledger). Input tokens are counted with tiktoken before sending (for the TPM budget) and taken from the
-answer's `usage` afterwards. The API key goes to the SDK and nowhere else.
+answer's `usage` afterwards. The API key goes to the SDK and nowhere else. An optional `before_request` hook is
+called once per HTTP attempt, as in the chat client (e.g. a rate limit shared by several processes).
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import numpy as np
 import openai
 
 from recsys.config import EmbedConfig
-from recsys.llm.client import LOCAL_PLACEHOLDER_KEY, LLMAuthError, LLMError, UsageEvent, UsageSink, resolve_endpoint
+from recsys.llm.client import (
+    LOCAL_PLACEHOLDER_KEY,
+    BeforeRequest,
+    LLMAuthError,
+    LLMError,
+    UsageEvent,
+    UsageSink,
+    resolve_endpoint,
+)
 from recsys.llm.limits import RateLimiter, shared_limiter
 from recsys.llm.pricing import PriceTable, load_price_table
 from recsys.llm.retry import AttemptFailed, Retryable, classify, retrying
@@ -37,7 +46,7 @@ class RemoteEmbedder:
     backend = "openai"
 
     def __init__(self, cfg: EmbedConfig, *, usage_sink: UsageSink | None = None, api_key: str | None = None,
-                 tags: dict[str, str] | None = None) -> None:
+                 tags: dict[str, str] | None = None, before_request: BeforeRequest | None = None) -> None:
         if cfg.backend != "openai":
             raise ValueError(f"RemoteEmbedder needs backend 'openai', got {cfg.backend!r}")
         self.cfg = cfg
@@ -50,6 +59,7 @@ class RemoteEmbedder:
         self.prices: PriceTable = load_price_table(cfg.price_table)
         self._sink = usage_sink
         self.tags = dict(tags or {})
+        self._before_request = before_request
 
     def __repr__(self) -> str:  # never the key
         return f"RemoteEmbedder(model={self.model!r}, base_url={self.base_url!r})"
@@ -93,8 +103,10 @@ class RemoteEmbedder:
     def _attempt(self, texts: list[str], estimate: int, attempt: int) -> np.ndarray:
         reservation = self.limiter.acquire(estimate)
         actual: int | None = None
-        t0 = time.monotonic()
         try:
+            if self._before_request is not None:
+                self._before_request()  # outside the classifying try: its errors are not HTTP failures
+            t0 = time.monotonic()
             try:
                 kwargs: dict[str, Any] = {"model": self.model, "input": texts, "encoding_format": "float"}
                 if self.cfg.dimensions is not None:

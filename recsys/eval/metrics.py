@@ -7,7 +7,11 @@ n_relevant: [U], |R(u)| >= 1, the number of relevant items of each user in the e
   precision@K = hits in top K / K
   ndcg@K      = sum over hits at rank i <= K of 1/log2(i+1), over the same sum for ranks 1..min(|R(u)|, K)
   hit@K       = 1 if any hit in top K
-Each is averaged over users with a plain mean.
+  ndcg_official@K = the same DCG over the IDCG of the user's *retrieved* hits: sort the hit vector of the top
+                max(ks) list, i.e. 1/log2(i+1) summed over ranks 1..min(hits in the top max(ks), K); 0 with no
+                hit. This is the NGCF / LATTICE lineage's definition, used by the official LLMRec code and its
+                paper's numbers; it is higher than textbook NDCG and not comparable with it.
+Each is averaged over users with a plain mean. Early stopping monitors the textbook ndcg.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-METRICS = ("recall", "ndcg", "precision", "hit")
+METRICS = ("recall", "ndcg", "precision", "hit", "ndcg_official")
 
 
 def _check(hits: np.ndarray, n_relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +48,7 @@ def per_user_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int]
     ideal = np.cumsum(discounts)  # ideal[m-1] = best DCG with m relevant items
     cum_hits = np.cumsum(hits, axis=1)
     cum_dcg = np.cumsum(hits * discounts, axis=1)
+    retrieved = cum_hits[:, k_max - 1]  # hits in the whole top max(ks) list: the official IDCG's length
     out: dict[str, np.ndarray] = {}
     for k in ks:
         n_hit = cum_hits[:, k - 1].astype(np.float64)
@@ -51,6 +56,8 @@ def per_user_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int]
         out[f"ndcg@{k}"] = cum_dcg[:, k - 1] / ideal[np.minimum(n_relevant, k) - 1]
         out[f"precision@{k}"] = n_hit / k
         out[f"hit@{k}"] = (n_hit > 0).astype(np.float64)
+        official_idcg = np.where(retrieved > 0, ideal[np.maximum(np.minimum(retrieved, k), 1) - 1], 1.0)
+        out[f"ndcg_official@{k}"] = cum_dcg[:, k - 1] / official_idcg  # DCG is 0 where nothing was retrieved
     return out
 
 

@@ -1,5 +1,6 @@
-"""The run report: one long metrics table (variant, seed, split, metric, k, value) and its Markdown summary,
-mean ± std per variant and a paired t-test (over seeds) of each variant against the baseline."""
+"""The run report: one long metrics table (variant, seed, split, metric, k, value) and its Markdown summary:
+the ablation table (paper Table 3), mean ± std per variant and split with a paired t-test (over seeds) of each
+variant against the baseline, and the cost per LLM strategy (paper Table 7, recsys/eval/cost_rate.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import numpy as np
 import pandas as pd
 
 COLUMNS = ("variant", "seed", "split", "metric", "k", "value")
+# Paper Table 3's columns, in its order (test split); the t-test is shown for the headline R@20 and N@20.
+TABLE3_COLUMNS = (("recall", 10), ("ndcg", 10), ("recall", 20), ("ndcg", 20), ("recall", 50), ("ndcg", 50),
+                  ("precision", 20))
+TABLE3_TESTED = (("recall", 20), ("ndcg", 20))
+SHORT = {"recall": "R", "ndcg": "N", "precision": "P", "hit": "H", "ndcg_official": "N_off"}
+OFFICIAL_NDCG_NOTE = ("ndcg_official: IDCG from retrieved hits, as the official code; not comparable with "
+                      "textbook NDCG (ndcg: IDCG over min(|test items|, K) ranks)")
 
 
 def metrics_rows(variant: str, seed: int, metrics: Mapping[str, Mapping[str, float]]) -> list[dict]:
@@ -57,8 +65,54 @@ def summary_frame(frame: pd.DataFrame, baseline: str = "lightgcn") -> pd.DataFra
     return pd.DataFrame(out)
 
 
-def report_markdown(frame: pd.DataFrame, baseline: str = "lightgcn", title: str = "LLMRec run") -> str:
-    """Markdown: per split a table of metric@k rows and one mean ± std column per variant, with Δ and p."""
+def ablation_table(frame: pd.DataFrame, baseline: str = "lightgcn", split: str = "test") -> pd.DataFrame:
+    """Paper Table 3 as a frame: one row per variant (baseline first, then in order of appearance), for each of
+    R@10 N@10 R@20 N@20 R@50 N@50 P@20 the mean and std over seeds, and the paired t-test p-value against the
+    baseline for R@20 and N@20 (NaN for the baseline and with fewer than 2 common seeds)."""
+    summary = summary_frame(frame[frame["split"] == split], baseline)
+    variants = list(dict.fromkeys([baseline, *frame["variant"]]))
+    rows = []
+    for variant in variants:
+        part = summary[summary["variant"] == variant].set_index(["metric", "k"])
+        if part.empty:
+            continue
+        row: dict[str, object] = {"variant": variant, "seeds": int(part["n"].max())}
+        for metric, k in TABLE3_COLUMNS:
+            name = f"{SHORT[metric]}@{k}"
+            found = (metric, k) in part.index
+            row[name] = float(part.at[(metric, k), "mean"]) if found else float("nan")
+            row[f"{name} std"] = float(part.at[(metric, k), "std"]) if found else float("nan")
+        for metric, k in TABLE3_TESTED:
+            found = (metric, k) in part.index
+            row[f"p {SHORT[metric]}@{k}"] = float(part.at[(metric, k), "p_value"]) if found else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(value: float, fmt: str) -> str:
+    return "" if value is None or np.isnan(value) else format(value, fmt)
+
+
+def ablation_markdown(table: pd.DataFrame) -> list[str]:
+    """The Table-3 frame as Markdown lines: mean ± std per metric, then the two p-value columns."""
+    metrics = [f"{SHORT[m]}@{k}" for m, k in TABLE3_COLUMNS]
+    tested = [f"p {SHORT[m]}@{k}" for m, k in TABLE3_TESTED]
+    head = ["variant", *metrics, *tested]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.to_dict("records"):
+        cells = [str(row["variant"])]
+        cells += [f"{_cell(row[m], '.4f')} ± {_cell(row[f'{m} std'], '.4f')}" if not np.isnan(row[m]) else ""
+                  for m in metrics]
+        cells += [_cell(row[t], ".3g") for t in tested]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def report_markdown(frame: pd.DataFrame, baseline: str = "lightgcn", title: str = "LLMRec run",
+                    extra: list[str] | None = None, png: str | None = None) -> str:
+    """Markdown: the Table-3 ablation summary on test (with `png`, the bar chart's file name, linked), then
+    `extra` (e.g. the cost section), then per split a table of metric@k rows and one mean ± std column per
+    variant, with Δ and p."""
     summary = summary_frame(frame, baseline)
     variants = list(dict.fromkeys(frame["variant"]))
     seeds = sorted(set(frame["seed"]))
@@ -68,6 +122,15 @@ def report_markdown(frame: pd.DataFrame, baseline: str = "lightgcn", title: str 
         lines += ["One seed: no standard deviation or t-test (run with more seeds for p-values).", ""]
     else:
         lines += ["p: two-sided paired t-test over seeds against the baseline (scipy.stats.ttest_rel).", ""]
+    if (frame["metric"] == "ndcg_official").any():
+        lines += [f"{OFFICIAL_NDCG_NOTE}.", ""]
+    if (frame["split"] == "test").any():
+        lines += ["## Ablation (paper Table 3), test: mean ± std over seeds", ""]
+        lines += ablation_markdown(ablation_table(frame, baseline))
+        lines += ["", "N: textbook NDCG. Early stopping and model selection use textbook NDCG@10 on VALID.", ""]
+        if png:
+            lines += [f"![test R@20 and N@20 per variant]({png})", ""]
+    lines += list(extra or [])
     others = [v for v in variants if v != baseline]
     for split in ("test", "valid"):
         part = summary[summary["split"] == split]

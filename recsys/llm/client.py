@@ -5,7 +5,9 @@ max_tokens), so it works unchanged against OpenAI, vLLM, Ollama, llama.cpp and t
 own retries are off (`max_retries=0`): tenacity here is the only retry layer, so attempts, waits and the usage
 record of every attempt are all in one place.
 
-A call goes: response cache -> (per attempt) in-flight slot + RPM/TPM budget -> HTTP -> usage event. Retried:
+A call goes: response cache -> (per attempt) in-flight slot + RPM/TPM budget -> `before_request` hook -> HTTP ->
+usage event. The hook (e.g. a limit shared by several processes) is called once per HTTP attempt, never for a
+cache hit; whatever it raises ends the call (and is not retried). Retried:
 429, 408, 409, 5xx, timeouts, dropped connections and unparseable answers, with exponential backoff and jitter, and
 never sooner than the server's Retry-After. Not retried: other 4xx (the call's result carries the error). 401/403
 and an exhausted quota raise `LLMAuthError`, since every later call would fail the same way.
@@ -111,6 +113,7 @@ class ChatClient(Protocol):
 
 
 UsageSink = Callable[[UsageEvent], None]
+BeforeRequest = Callable[[], None]  # blocks until one more HTTP request may go out; raises to stop the call
 
 
 # The retry layer lives in recsys.llm.retry (shared with the embeddings client); the old names stay importable.
@@ -147,6 +150,7 @@ class LLMClient:
         cache_dir: str | Path,
         usage_sink: UsageSink | None = None,
         api_key: str | None = None,
+        before_request: BeforeRequest | None = None,
     ) -> None:
         self.cfg = cfg
         self.base_url, key = resolve_endpoint(cfg, api_key)
@@ -158,6 +162,7 @@ class LLMClient:
         )
         self.prices: PriceTable = load_price_table(cfg.price_table)
         self._sink = usage_sink
+        self._before_request = before_request
 
     def __repr__(self) -> str:  # never the key
         return f"LLMClient(model={self.cfg.model!r}, base_url={self.base_url!r})"
@@ -220,8 +225,10 @@ class LLMClient:
         on failure."""
         reservation = self.limiter.acquire(prompt_estimate + self.cfg.max_tokens)
         actual_tokens: int | None = None
-        t0 = time.monotonic()
         try:
+            if self._before_request is not None:
+                self._before_request()  # outside the classifying try: its errors are not HTTP failures
+            t0 = time.monotonic()
             try:
                 response = self._client.chat.completions.create(
                     model=self.cfg.model,

@@ -1,0 +1,170 @@
+"""The `train` flow (LLMRec Stage 2): augmentation (a cached subflow) -> embeddings -> per seed the LightGCN baseline
+and each requested variant (recsys/ablations.py) -> the report.
+
+`run_stage_two` is the one body behind both the `train` flow and the `run` flow (flows/run.py). Every model is a
+cached task on its content key, so a variant trained by `llmrec run` and by `llmrec ablate` is one artifact, and
+a repeated call trains nothing and asks the LLM nothing.
+
+Outputs in `out_dir`: metrics.parquet (variant, seed, split, metric, k, value), report.png (test R@20 / N@20 per
+variant), config.json, and report.md last (its presence means the folder is complete); the report is also
+published as Prefect artifacts `llmrec-report` (Markdown) and `llmrec-ablation` (the Table-3 summary).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.augment import run_augment
+from flows.embed import run_embed
+from recsys.ablations import FULL, get_variant, parse_variants
+from recsys.config import RunConfig, default_store_dir
+from recsys.embed.texts import ATTRIBUTE_FIELDS
+from recsys.eval.cost_rate import cost_improvement, cost_markdown, stage_costs
+from recsys.eval.plot import ablation_png
+from recsys.eval.report import ablation_table, metrics_frame, metrics_rows, report_markdown
+from storage.atomic import atomic_path, write_json, write_parquet, write_text
+from storage.ledger import read_ledger
+from storage.store import ArtifactStore
+from tasks.common import bind
+from tasks.llmrec import evaluate_llmrec, train_llmrec
+from tasks.train import evaluate_model, train_model
+
+BASELINE = "lightgcn"
+REPORT_PNG = "report.png"
+STRATEGY_STAGES = ("edges", "profiles", "attributes")
+
+
+def feature_inputs(dataset_ref: str, batches: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Feature source -> the refs its texts come from: the dataset's items, and the augment batches."""
+    sources = {"item_text": [dataset_ref]}
+    if "profiles" in batches:
+        sources["user_profile"] = list(batches["profiles"])
+    if "attributes" in batches:
+        sources.update({f"item_attr_{f}": list(batches["attributes"]) for f in ATTRIBUTE_FIELDS})
+    return sources
+
+
+def with_base_url(config: RunConfig, base_url: str | None) -> RunConfig:
+    """`config` with the LLM endpoint replaced (unchanged when `base_url` is empty)."""
+    if not base_url:
+        return config
+    return config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": base_url})})
+
+
+def embed_features(config: RunConfig, root: str, refs: dict[str, Any], batches: dict[str, list[str]],
+                   ledger_root: str) -> dict[str, str]:
+    """Embed every feature source (item text, user profiles, item attributes) in the `embed` subflow, on the task
+    runner `config.runner` names; returns source -> embed ref."""
+    return run_embed(feature_inputs(refs["dataset"], batches), config.embed, root, ledger_root, config.runner)
+
+
+def _safe(name: str) -> str:
+    """A variant name as it may appear in a task-run name (w/o-u&i -> wo-u-and-i)."""
+    return name.replace("w/o", "wo").replace("&", "-and-").replace("/", "-")
+
+
+def train_variants(config: RunConfig, root: str, refs: dict[str, Any], features: dict[str, str],
+                   edge_refs: list[str] | None, variants: list[str]) -> tuple[list[dict], dict[str, dict]]:
+    """Per seed: the LightGCN baseline, then each variant through the train-llmrec / evaluate-llmrec tasks with
+    the variant's edges, features and config. Returns the metric rows and variant -> seed -> {train, evaluate}."""
+    store = ArtifactStore(root)
+    rows: list[dict] = []
+    trained: dict[str, dict[int, dict[str, str]]] = {BASELINE: {}, **{v: {} for v in variants}}
+    baseline = config.baseline_model()
+    for seed in config.seeds:
+        train = config.train.model_copy(update={"seed": seed})
+        base_ref = bind(train_model, root)(root, refs["split"], baseline, train, config.eval)
+        base_eval = bind(evaluate_model, root)(root, refs["split"], base_ref, baseline, config.eval, train.device)
+        trained[BASELINE][seed] = {"train": base_ref, "evaluate": base_eval}
+        rows += metrics_rows(BASELINE, seed, store.read_json(base_eval, "metrics"))
+        for name in variants:
+            v = get_variant(name)
+            # The full model keeps the task's own run name; the others say which variant they are.
+            label = "llmrec" if name == FULL else f"llmrec-{_safe(name)}"
+            t_ref = bind(train_llmrec, root).with_options(task_run_name=f"train-{label}-{seed}")(
+                root, refs["split"], v.edge_refs(edge_refs), v.feature_refs(features),
+                v.llmrec_config(config.llmrec), train, config.eval)
+            e_ref = bind(evaluate_llmrec, root).with_options(task_run_name=f"evaluate-{label}-{seed}")(
+                root, t_ref, config.eval, train.device)
+            trained[name][seed] = {"train": t_ref, "evaluate": e_ref}
+            rows += metrics_rows(name, seed, store.read_json(e_ref, "metrics"))
+    return rows, trained
+
+
+def cost_section(frame: pd.DataFrame, ledger_root: str, config: RunConfig, paid_now: float) -> list[str]:
+    """The Table-7 section. Costs per stage: every paid call of the store's ledger on this run's LLM model (what
+    producing the augmentations in this store cost, also when this run found them all cached); embedding calls
+    on its embedding model are listed apart. `paid_now`: what this run's augmentation paid."""
+    ledger = read_ledger(ledger_root)
+    llm = stage_costs(ledger[ledger["model"] == config.llm.model]) if len(ledger) else {}
+    embed = stage_costs(ledger[ledger["model"] == config.embed.resolved_model]) if len(ledger) else {}
+    source = (f"USD of every paid call on model `{config.llm.model}` in the ledger `{ledger_root}` (all runs; a "
+              f"store shared by several datasets or configurations counts them all); this run's augmentation "
+              f"paid ${paid_now:.6f} of it")
+    others = {s: usd for s, usd in {**embed, **llm}.items() if s not in STRATEGY_STAGES}
+    return cost_markdown(cost_improvement(frame, llm), source, others)
+
+
+def write_outputs(out: Path, frame: pd.DataFrame, report: str, png: bytes, config: RunConfig,
+                  refs: dict[str, Any], store_root: str) -> None:
+    """metrics.parquet, report.png and config.json, then report.md last: its presence means the folder is
+    complete."""
+    write_parquet(out / "metrics.parquet", frame)
+    with atomic_path(out / REPORT_PNG) as tmp:
+        tmp.write_bytes(png)
+    write_json(out / "config.json", {"config": config.model_dump(mode="json"), "artifacts": refs,
+                                     "store": store_root})
+    write_text(out / "report.md", report)
+
+
+def publish_report(frame: pd.DataFrame, report: str) -> None:
+    """Prefect artifacts of the run: the report (Markdown) and the Table-3 summary (a table)."""
+    create_markdown_artifact(key="llmrec-report", markdown=report, description="LLMRec run report")
+    table = ablation_table(frame, BASELINE)
+    records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+               for r in table.to_dict("records")]  # NaN is not JSON
+    create_table_artifact(key="llmrec-ablation", table=records,
+                          description="test metrics per variant, mean and std over seeds (paper Table 3)")
+
+
+def run_stage_two(config: RunConfig, store_root: str | None, out_dir: str | None,
+                  variants: list[str] | None) -> dict[str, Any]:
+    """The body of the `train` and `run` flows (call it inside a flow run)."""
+    logger = get_run_logger()
+    names = parse_variants(variants)
+    root = str(store_root or default_store_dir())
+    out = Path(out_dir).expanduser() if out_dir else None
+
+    aug = run_augment(config=config.augment_run(), store_root=root, out_dir=str(out / "augment") if out else None)
+    refs: dict[str, Any] = dict(aug["refs"])
+    batches: dict[str, list[str]] = aug["batches"]
+    refs["features"] = embed_features(config, root, refs, batches, aug["ledger"])
+    edge_refs = list(batches["edges"]) if "edges" in batches else None
+
+    rows, refs["variants"] = train_variants(config, root, refs, refs["features"], edge_refs, names)
+    frame = metrics_frame(rows)
+    costs = cost_section(frame, aug["ledger"], config, float(aug["cost_usd"]))
+    report = report_markdown(frame, baseline=BASELINE, title=f"LLMRec on {config.data.dataset}", extra=costs,
+                             png=REPORT_PNG)
+    if out:
+        write_outputs(out, frame, report, ablation_png(frame, BASELINE), config, refs, str(ArtifactStore(root).root))
+    publish_report(frame, report)
+    logger.info("finished: %d metric rows, variants %s, %d seeds", len(frame), ", ".join(names), len(config.seeds))
+    return {"refs": refs, "metrics": frame, "report": report, "rows": aug["rows"], "cost_usd": aug["cost_usd"],
+            "store_root": root}
+
+
+@flow(name="train", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def train_flow(config: RunConfig | None = None, store_root: str | None = None, out_dir: str | None = None,
+               base_url: str | None = None, variants: list[str] | None = None) -> dict[str, Any]:
+    """LLMRec Stage 2: the augment subflow (no LLM request when its batches are stored), embeddings, then per
+    seed the LightGCN baseline and each variant in `variants` (default ["llmrec"]; see recsys/ablations.py),
+    and the report (metrics.parquet, report.png, report.md in `out_dir`, and Prefect artifacts)."""
+    return run_stage_two(with_base_url(config or RunConfig(), base_url), store_root, out_dir, variants)

@@ -1,0 +1,97 @@
+"""What the LLM calls cost, from cost-ledger rows (storage/ledger.py): totals per group and spend over time.
+
+Pure pandas (and matplotlib for the chart, rendered to PNG bytes in memory): reading the ledger and writing files
+is the caller's business.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, date, datetime
+
+import pandas as pd
+
+GROUPINGS = {"stage": "stage", "model": "model", "day": "day", "flow-run": "flow_run_id"}
+TOTAL = "total"
+COST_COLUMNS = ["calls", "cache_hits", "failed_calls", "prompt_tokens", "completion_tokens", "cost_usd", "unpriced"]
+COST_HEADERS = {"calls": "calls", "cache_hits": "cache hits", "failed_calls": "failed", "prompt_tokens": "in tokens",
+                "completion_tokens": "out tokens", "cost_usd": "USD", "unpriced": "unpriced"}
+
+
+def parse_since(text: str) -> pd.Timestamp:
+    """A `--since` value: a date (`2026-05-01`, midnight UTC) or an ISO 8601 time (UTC unless it has an offset)."""
+    try:
+        value = date.fromisoformat(text)
+        stamp = pd.Timestamp(datetime(value.year, value.month, value.day, tzinfo=UTC))
+    except ValueError:
+        try:
+            stamp = pd.Timestamp(datetime.fromisoformat(text))
+        except ValueError:
+            raise ValueError(f"--since: {text!r} is not a date; use YYYY-MM-DD or an ISO 8601 time such as "
+                             "2026-05-01T12:00:00+00:00") from None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _group_column(rows: pd.DataFrame, by: str) -> pd.Series:
+    if by not in GROUPINGS:
+        raise ValueError(f"--by: unknown grouping {by!r}; choose one of {', '.join(GROUPINGS)}")
+    if by == "day":
+        return rows["timestamp"].dt.strftime("%Y-%m-%d")
+    return rows[GROUPINGS[by]].astype("string").fillna("(none)")
+
+
+def _totals(rows: pd.DataFrame) -> dict[str, float | int]:
+    """Calls are HTTP attempts; a cache hit is no call. `unpriced`: answered calls whose model has no price (their
+    cost is missing from `cost_usd`)."""
+    http = rows[~rows["cached"]]
+    return {
+        "calls": int(len(http)),
+        "cache_hits": int(rows["cached"].sum()),
+        "failed_calls": int((http["outcome"] != "ok").sum()),
+        "prompt_tokens": int(http["prompt_tokens"].fillna(0).sum()),
+        "completion_tokens": int(http["completion_tokens"].fillna(0).sum()),
+        "cost_usd": float(http["cost_usd"].fillna(0).sum()),
+        "unpriced": int((http["cost_usd"].isna() & (http["outcome"] == "ok")).sum()),
+    }
+
+
+def cost_by(rows: pd.DataFrame, by: str) -> pd.DataFrame:
+    """One row per group (`by`: stage, model, day or flow-run), sorted by group, then a `total` row; columns
+    `group` and COST_COLUMNS."""
+    groups = _group_column(rows, by)
+    out = [{"group": str(name), **_totals(part)} for name, part in rows.groupby(groups, sort=True)]
+    out.append({"group": TOTAL, **_totals(rows)})
+    return pd.DataFrame(out, columns=["group", *COST_COLUMNS])
+
+
+def cumulative_spend(rows: pd.DataFrame) -> pd.DataFrame:
+    """timestamp, stage, cumulative_usd: the running spend of each stage after each of its paid rows."""
+    paid = rows[~rows["cached"]][["timestamp", "stage", "cost_usd"]].copy()
+    paid["stage"] = paid["stage"].astype("string").fillna("(none)")
+    paid = paid.sort_values("timestamp", kind="stable")
+    paid["cumulative_usd"] = paid["cost_usd"].fillna(0).groupby(paid["stage"]).cumsum()
+    return paid[["timestamp", "stage", "cumulative_usd"]].reset_index(drop=True)
+
+
+def spend_plot_png(rows: pd.DataFrame, title: str = "LLM spend over time") -> bytes:
+    """A PNG: cumulative USD against time, one line per stage."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend, no display
+    from matplotlib.figure import Figure
+
+    spend = cumulative_spend(rows)
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for stage, part in spend.groupby("stage", sort=True):
+        times = part["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
+        ax.step(times, part["cumulative_usd"], where="post", label=str(stage))
+    ax.set_xlabel("time (UTC)")
+    ax.set_ylabel("cumulative USD")
+    ax.set_title(title)
+    if len(spend):
+        ax.legend(title="stage")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

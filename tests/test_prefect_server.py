@@ -1,0 +1,256 @@
+"""Operations on a real Prefect server: prefect.yaml deployed with `prefect --no-prompt deploy --all`, a process
+worker, a deployment run whose LLM batches partly fail, `llmrec rerun` executing only those, and a schedule firing.
+
+One server, one worker and one local LLM server serve the whole module. The LLM server's `/admin/stats` is the
+ground truth for what went over HTTP; the Prefect API for what each task run did.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import DeploymentScheduleCreate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.schedules import IntervalSchedule
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.ops import OpsError, rerun
+from recsys.config import AugmentConfig, AugmentRunConfig, DataConfig, LLMConfig, ModelConfig, SplitConfig, TrainConfig
+from recsys.data.loading import load_dataset, make_split
+from storage.ledger import read_ledger, store_ledger_root
+from tests.conftest import REPO
+from tests.llm_server import RunningServer, start_llm_server
+from tests.prefect_server import PrefectServer, running_prefect_server
+
+POOL = "llmrec-process"
+AUGMENT = "augment/augment-nightly"
+USERS_PER_BATCH = 10
+# Watched only by users 6-18 of the first 60 (batches 0 and 1): their profile prompts always get HTTP 500.
+FAILING_TITLE = "My Left Foot"
+RUN_TIMEOUT_S = 150.0
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Any:
+    with running_prefect_server() as server:
+        yield server
+
+
+def readme_commands() -> list[str]:
+    """The command lines of the README section "Operations on a Prefect server", in order."""
+    section = (REPO / "README.md").read_text().split("## Operations on a Prefect server\n", 1)[1].split("\n## ")[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def run_readme_command(server: PrefectServer, starts: str) -> subprocess.CompletedProcess[str]:
+    """Run the README's `prefect ...` line that starts with `starts`, literally, against the test server."""
+    [line] = [c for c in readme_commands() if c.startswith(starts)]
+    args = shlex.split(line)
+    assert args[0] == "prefect"
+    return server.cli(*args[1:], cwd=REPO, env={"PWD": str(REPO), "COLUMNS": "250"})
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server: PrefectServer) -> PrefectServer:
+    """The repo's prefect.yaml deployed with the README's commands (from the repo root, as a user would) and a
+    worker polling the pool."""
+    run_readme_command(prefect_server, "prefect work-pool create")
+    done = run_readme_command(prefect_server, "prefect --no-prompt deploy --all")
+    names = [d["name"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]]
+    for name in names:
+        assert f"/{name}' successfully created" in " ".join(done.stdout.split()), done.stdout
+    prefect_server.start_worker(POOL, cwd=REPO)
+    return prefect_server
+
+
+@pytest.fixture(scope="module")
+def llm() -> Any:
+    with start_llm_server(fail_match=FAILING_TITLE) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ops")
+    return {"store": root / "store", "out": root / "out", "nightly": root / "nightly", "data": root / "data"}
+
+
+def augment_config(dataset: Path, base_url: str) -> AugmentRunConfig:
+    """Profiles only (no embedding model needed), 6 batches of 10 users, a 2-epoch MF base model."""
+    return AugmentRunConfig(
+        data=DataConfig(dataset=str(dataset)),
+        model=ModelConfig(name="mf", embedding_dim=16), train=TrainConfig(max_epochs=2, device="cpu"),
+        llm=LLMConfig(model="llmrec-heuristic", base_url=base_url, rpm=None, tpm=None, max_attempts=2,
+                      backoff_initial_s=0.05, backoff_max_s=0.2, timeout_s=20.0),
+        augment=AugmentConfig(stages=("profiles",), users_per_batch=USERS_PER_BATCH),
+    )
+
+
+def parameters(cfg: AugmentRunConfig, store: Path, out: Path) -> dict[str, Any]:
+    return {"config": cfg.model_dump(mode="json"), "store_root": str(store), "out_dir": str(out)}
+
+
+def wait_final(server: PrefectServer, flow_run_id: Any, run_count: int = 0) -> FlowRun:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    with server.api(), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final() and run.run_count > run_count:
+                return run
+            time.sleep(0.5)
+    raise AssertionError(f"flow run {flow_run_id} did not end within {RUN_TIMEOUT_S:.0f} s\n{server.logs()}")
+
+
+def batch_states(server: PrefectServer, run: FlowRun) -> dict[int, str]:
+    """Final state name of each `profiles-batch-<i>` task run of the run's latest attempt."""
+    with server.api(), get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    states = {}
+    for t in task_runs:
+        match = re.fullmatch(r"profiles-batch-(\d+)", t.name)
+        if match and t.flow_run_run_count == run.run_count:
+            states[int(match.group(1))] = t.state.name
+    return states
+
+
+def test_rerun_executes_only_failed_batches(deployed: PrefectServer, llm: RunningServer, small_movielens: Path,
+                                            paths: dict[str, Path]):
+    cfg = augment_config(small_movielens, llm.base_url)
+    with deployed.api():
+        started = run_deployment(AUGMENT, parameters=parameters(cfg, paths["store"], paths["out"]), timeout=0)
+    first = wait_final(deployed, started.id)
+    assert first.state.is_failed(), f"{first.state}\n{deployed.logs()}"
+
+    failures = pd.read_parquet(paths["out"] / "augment_failures.parquet")
+    failed_per_batch = ((failures["key"].astype(int) - 1) // USERS_PER_BATCH).value_counts().to_dict()
+    states = batch_states(deployed, first)
+    assert sorted(states) == list(range(6))
+    assert {b for b, s in states.items() if s == "Failed"} == set(failed_per_batch)
+    assert 0 < len(failed_per_batch) < 6 and all(s in ("Failed", "Completed") for s in states.values())
+
+    assert str(first.id) in run_readme_command(deployed, "prefect flow-run ls --state Failed").stdout
+    llm.set_faults()  # the endpoint recovers
+    llm.reset()
+    since = datetime.now(UTC)
+    cli = deployed.run([str(Path(sys.executable).with_name("llmrec")), "rerun", str(first.id), "--wait",
+                        "--timeout", str(RUN_TIMEOUT_S)], check=False, timeout=RUN_TIMEOUT_S + 30)
+    assert cli.returncode == 0, f"{cli.stdout}\n{cli.stderr}\n{deployed.logs()}"
+    assert "flow run ended Completed" in cli.stdout and "Cached" in cli.stdout
+
+    second = wait_final(deployed, first.id, run_count=first.run_count)
+    assert second.state.is_completed() and second.id == first.id
+    states = batch_states(deployed, second)
+    assert {b for b, s in states.items() if s == "Completed"} == set(failed_per_batch), states
+    assert {b for b, s in states.items() if s == "Cached"} == set(range(6)) - set(failed_per_batch), states
+    for batch in failed_per_batch:
+        assert re.search(rf"profiles-batch-{batch}\s.*Completed\s.*yes", cli.stdout), cli.stdout
+
+    # Only the failed items went over HTTP (the rest of their batches came from the response cache), and none
+    # from a finished batch.
+    assert llm.stats()["requests"] == len(failures)
+    ledger = read_ledger(store_ledger_root(paths["store"]), since=since, flow_run_id=str(first.id))
+    http = ledger[~ledger["cached"]]
+    assert http.groupby(http["batch"].astype(int)).size().to_dict() == failed_per_batch
+    assert pd.read_parquet(paths["out"] / "user_profiles.parquet")["user_id"].nunique() == 60
+
+    assert "augment-cost" in run_readme_command(deployed, "prefect artifact ls").stdout
+    cost = run_readme_command(deployed, "prefect artifact inspect augment-cost").stdout
+    assert str(first.id) in cost and "profiles" in cost
+
+    with deployed.api():
+        with pytest.raises(OpsError, match="is Completed: only Failed or Crashed"):
+            rerun(str(first.id))
+        with pytest.raises(OpsError, match="no flow run 00000000-"):
+            rerun("00000000-0000-0000-0000-000000000000")
+        with pytest.raises(OpsError, match="not a flow-run id"):
+            rerun("not-a-uuid")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), pytest.raises(OpsError, match="PREFECT_API_URL"):
+        rerun(str(first.id))
+
+
+def with_new_ratings(source: Path, dest: Path, user: int, n: int) -> Path:
+    """`source` plus `n` ratings by `user` of movies (already in the items table) they had not rated."""
+    inter = pd.read_parquet(source / "interactions.parquet")
+    items = pd.read_parquet(source / "items.parquet")
+    seen = set(inter.loc[inter["user_id"] == user, "item_id"])
+    new_items = [i for i in sorted(items["item_id"]) if i not in seen][:n]
+    row = inter[inter["user_id"] == user].iloc[[0]]
+    added = pd.concat([row.assign(item_id=i, timestamp=int(inter["timestamp"].max()) + k + 1)
+                       for k, i in enumerate(new_items)], ignore_index=True)
+    dest.mkdir(parents=True)
+    pd.concat([inter, added], ignore_index=True).to_parquet(dest / "interactions.parquet", index=False)
+    items.to_parquet(dest / "items.parquet", index=False)
+    return dest
+
+
+def train_histories(dataset: Path) -> dict[int, frozenset[int]]:
+    train = make_split(load_dataset(DataConfig(dataset=str(dataset))), SplitConfig()).train
+    return {int(u): frozenset(g["item_id"]) for u, g in train.groupby("user_id")}
+
+
+def test_schedule_fires_and_nightly_run_asks_only_changed_prompts(deployed: PrefectServer, llm: RunningServer,
+                                                                  small_movielens: Path, paths: dict[str, Path]):
+    """Runs after the rerun test, on its (now complete) store: new ratings of one user arrive, a schedule fires,
+    and only the users whose profile prompt (training history) changed are asked again."""
+    data = with_new_ratings(small_movielens, paths["data"], user=60, n=6)
+    before, after = train_histories(small_movielens), train_histories(data)
+    changed = {u for u in after if after[u] != before.get(u)}
+    assert changed == {60}
+
+    llm.set_faults()
+    llm.reset()
+    cfg = augment_config(data, llm.base_url)
+    soon = datetime.now(UTC) + timedelta(seconds=5)
+    with deployed.api(), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(AUGMENT)
+        [schedule] = client.create_deployment_schedules(deployment.id, [DeploymentScheduleCreate(
+            schedule=IntervalSchedule(interval=timedelta(hours=1), anchor_date=soon), active=True,
+            parameters=parameters(cfg, paths["store"], paths["nightly"]))])
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        runs: list[FlowRun] = []
+        while not runs and time.monotonic() < deadline:
+            runs = [r for r in client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+                if r.auto_scheduled and r.expected_start_time <= soon + timedelta(seconds=1)]
+            time.sleep(0.5)
+        assert runs, f"the schedule created no run\n{deployed.logs()}"
+    run = wait_final(deployed, runs[0].id)
+    with deployed.api(), get_client(sync_client=True) as client:
+        client.delete_deployment_schedule(deployment.id, schedule.id)
+    assert run.state.is_completed(), f"{run.state}\n{deployed.logs()}"
+    assert llm.stats()["requests"] == len(changed)
+    profiles = pd.read_parquet(paths["nightly"] / "user_profiles.parquet")
+    assert profiles["user_id"].nunique() == 60
+
+
+def test_walkthrough_runs_every_readme_command_in_order():
+    """bench/ops_walkthrough.sh runs the README's operations commands (the port numbers and the run id are
+    variables there), in the README's order; this test runs several of them itself."""
+    script = [line.strip() for line in (REPO / "bench" / "ops_walkthrough.sh").read_text().splitlines()]
+    commands = readme_commands()
+    assert len(commands) >= 12 and any(c == "prefect --no-prompt deploy --all" for c in commands)
+    positions = []
+    for command in commands:
+        wanted = (command.removesuffix("&").strip().replace("4200", "$PORT").replace("8000", "$LLM_PORT")
+                  .replace("<FLOW_RUN_ID>", '"$FLOW_RUN_ID"'))
+        found = [i for i, line in enumerate(script) if wanted in line and not line.startswith("#")]
+        assert found, f"README command not run by bench/ops_walkthrough.sh: {command}"
+        positions.append(found[0])
+    assert positions == sorted(positions), "bench/ops_walkthrough.sh runs the README's commands out of order"
