@@ -51,7 +51,7 @@ STARTUP_TIMEOUT_S = 90.0  # a fresh SQLite DB runs every migration: 13-16 s idle
 STOP_GRACE_S = 10.0
 CLI_TIMEOUT_S = 120.0
 
-# Settings for fast, quiet, offline runs (prefect-notes §7), plus loops short enough for tests.
+# Settings for fast, quiet, offline runs, plus loops short enough for tests.
 FAST_SETTINGS: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",

@@ -254,3 +254,30 @@ def test_walkthrough_runs_every_readme_command_in_order():
         assert found, f"README command not run by bench/ops_walkthrough.sh: {command}"
         positions.append(found[0])
     assert positions == sorted(positions), "bench/ops_walkthrough.sh runs the README's commands out of order"
+
+
+RATE_LIMIT_TAKER = """
+import sys, time
+from tasks.ratelimit import prefect_rate_limit_hook
+take = prefect_rate_limit_hook(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    take()
+    print(time.time(), flush=True)
+"""
+
+
+def test_rate_limit_is_shared_across_processes(prefect_server: PrefectServer) -> None:
+    """Two processes take slots of one server-side limit (2 at once, refilled at 2/s) through the hook the LLM
+    client calls before each HTTP attempt: together they are held to the shared rate, not each to its own."""
+    prefect_server.cli("gcl", "create", "shared-rpm", "--limit", "2", "--slot-decay-per-second", "2")
+    per_process = 6
+    procs = [subprocess.Popen([sys.executable, "-c", RATE_LIMIT_TAKER, "shared-rpm", str(per_process)],
+                              env=prefect_server.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    stamps = sorted(float(x) for out, _ in outputs for x in out.split())
+    assert len(stamps) == 2 * per_process
+    # 12 slots from a bucket of 2 refilled at 2/s take at least (12 - 2) / 2 = 5 s; one process alone would need
+    # only (6 - 2) / 2 = 2 s, so anything near 5 s means the processes shared the limit.
+    assert stamps[-1] - stamps[0] >= 4.5, stamps
