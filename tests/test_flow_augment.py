@@ -118,11 +118,12 @@ def test_rerun_asks_only_failed_batches_and_ledger_matches_server(small_movielen
 
 
 @pytest.mark.slow
-def test_kill_mid_stage_then_rerun_answers_nothing_twice(small_movielens, tmp_path):
+def test_kill_mid_stage_then_rerun_asks_only_what_was_in_flight(small_movielens, tmp_path):
     store, out = tmp_path / "store", tmp_path / "out"
     with start_llm_server(latency_ms=40) as server:
+        # One batch at a time, 2 requests in flight: at most 2 requests are under way when the process dies.
         cfg = config(DataConfig(dataset=str(small_movielens)), server.base_url, stages=("edges", "profiles"),
-                     llm={"max_in_flight": 2})
+                     llm={"max_in_flight": 2}, max_batches_in_flight=1)
         script = ("import sys; from flows.augment import augment_flow; from recsys.config import AugmentRunConfig; "
                   "augment_flow(config=AugmentRunConfig.model_validate_json(sys.argv[1]), "
                   "store_root=sys.argv[2], out_dir=sys.argv[3])")
@@ -144,8 +145,10 @@ def test_kill_mid_stage_then_rerun_answers_nothing_twice(small_movielens, tmp_pa
         counts = server.stats()["prompt_answer_counts"]
     assert result["failed"] == 0 and result["rows"] == {"edges": N_USERS, "profiles": N_USERS}
     assert len(counts) == 2 * N_USERS
+    # Every answer the killed process received was kept. Only a request in flight at the kill (the server had
+    # answered or was answering, the process never read it) can be asked again: at most max_in_flight of them.
     twice = {h: n for h, n in counts.items() if n > 1}
-    assert not twice, f"{len(twice)} prompts answered twice over HTTP"
+    assert len(twice) <= 2 and set(twice.values()) <= {2}, f"{len(twice)} prompts answered twice over HTTP"
 
 
 @pytest.mark.slow
