@@ -33,6 +33,7 @@ from storage.ledger import read_ledger
 from storage.store import ArtifactStore
 from tasks.embed import read_embeddings
 from tests.llm_server import start_llm_server
+from tests.prefect_server import running_prefect_server
 
 
 def augment_config(dataset: Path, base_url: str, runner: RunnerConfig) -> AugmentRunConfig:
@@ -62,11 +63,14 @@ def test_runner_factory():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # about 40 s; a stuck Dask batch must not hold the suite for the default 600 s
 def test_dask_runner_writes_the_same_bytes_as_threads(small_movielens, tmp_path):
     outs = {kind: tmp_path / f"out-{kind}" for kind in ("threads", "dask")}
     stores = {kind: str(tmp_path / f"store-{kind}") for kind in outs}  # separate stores: nothing is reused
     results, features, timings = {}, {}, {}
-    with start_llm_server() as server:
+    # Worker processes of a multi-process runner each talk to the Prefect API: one real server for the flow
+    # process and the workers (as the README tells users), not the flow process's temporary one on SQLite.
+    with running_prefect_server() as prefect, prefect.api(), start_llm_server() as server:
         cfg = augment_config(small_movielens, server.base_url, RunnerConfig())
         t0 = time.monotonic()
         results["threads"] = run_augment(cfg, store_root=stores["threads"], out_dir=str(outs["threads"]))
