@@ -22,7 +22,8 @@ os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytest_plugins = ["tests.llm_server"]  # the fixtures `llm_server` and `llm_server_factory`
+# Fixtures `llm_server` and `llm_server_factory`; `prefect_server` (a real server per test module).
+pytest_plugins = ["tests.llm_server", "tests.prefect_server"]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -1,13 +1,8 @@
 """Start a real `prefect server start` (and process workers) as subprocesses, for tests.
 
-Not a test module: test modules use the context manager or the fixtures, e.g.
-
-    from tests.prefect_server import running_prefect_server
-
-    @pytest.fixture(scope="module")
-    def prefect_server():
-        with running_prefect_server() as server:      # one server (and one SQLite DB) per test module
-            yield server
+Not a test module: tests/conftest.py registers it as a plugin, so any test may take the module-scoped fixture
+`prefect_server` (one server, and one SQLite DB, per test module), or use the context manager
+`running_prefect_server()` directly, e.g.
 
     def test_something(prefect_server):
         prefect_server.cli("work-pool", "create", "llmrec-process", "--type", "process")
@@ -15,9 +10,6 @@ Not a test module: test modules use the context manager or the fixtures, e.g.
         with prefect_server.api():                  # this process's Prefect client now talks to that server
             ...
         subprocess.run([...], env=prefect_server.env)  # a child process that talks to it too
-
-or `pytest_plugins = ["tests.prefect_server"]` for the fixtures `prefect_server` (module-scoped) and
-`prefect_server_session` (one server for the whole test session).
 
 Every server gets its own temporary PREFECT_HOME (database, profiles, default result storage), listens on a free
 127.0.0.1 port and runs its scheduler every second, so a deployment schedule fires within seconds; workers poll
@@ -266,11 +258,3 @@ def prefect_server() -> Iterator[PrefectServer]:
     """One real Prefect server per test module."""
     with running_prefect_server() as server:
         yield server
-
-
-@pytest.fixture(scope="session")
-def prefect_server_session() -> Iterator[PrefectServer]:
-    """One real Prefect server for the whole test session (modules share its database: use unique names)."""
-    with running_prefect_server() as server:
-        yield server
-

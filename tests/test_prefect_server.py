@@ -33,7 +33,7 @@ from recsys.data.loading import load_dataset, make_split
 from storage.ledger import read_ledger, store_ledger_root
 from tests.conftest import REPO
 from tests.llm_server import RunningServer, start_llm_server
-from tests.prefect_server import PrefectServer, running_prefect_server
+from tests.prefect_server import PrefectServer
 
 POOL = "llmrec-process"
 AUGMENT = "augment/augment-nightly"
@@ -43,12 +43,6 @@ FAILING_TITLE = "My Left Foot"
 RUN_TIMEOUT_S = 150.0
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def prefect_server() -> Any:
-    with running_prefect_server() as server:
-        yield server
 
 
 def readme_commands() -> list[str]:
