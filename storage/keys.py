@@ -6,6 +6,7 @@ any changed input gives a new key for that stage and everything downstream.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -61,9 +62,18 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def files_fingerprint(paths: Sequence[Path]) -> list[list[Any]]:
-    """Cheap fingerprint of source files (name, size, mtime) so that edited inputs change the key."""
+    """What a set of source files holds: [name, size, sha256] per file, sorted by name. Not where they lie: the
+    same files reached by a relative or an absolute path, or copied elsewhere, give the same fingerprint, and an
+    edited file gives another one."""
     out: list[list[Any]] = []
-    for p in sorted(paths):
+    for p in sorted(paths, key=lambda q: q.name):
         st = p.stat()
-        out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+        out.append([p.name, st.st_size, _cached_sha256(str(p.resolve()), st.st_size, st.st_mtime_ns)])
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """`file_sha256`, computed once per process for a file that has not changed (keys are asked for repeatedly)."""
+    del size, mtime_ns  # part of the cache key only
+    return file_sha256(path)

@@ -10,12 +10,15 @@ from prefect import get_run_logger, task
 
 from recsys.config import DataConfig, SplitConfig
 from recsys.data.dataset import Dataset
+from recsys.data.download import ensure_movielens
 from recsys.data.loading import build_id_map, load_dataset, make_split
 from storage.keys import files_fingerprint
-from storage.store import ArtifactStore
-from tasks.common import cache_key_fn, read_split, stage_ref
+from storage.store import ArtifactRef, ArtifactStore
+from tasks.common import keyed_on, read_split, stage_ref
 
 KNOWN_DATASETS = ("ml-100k", "ml-1m")
+# Where the data lies is not what it is: these fields are left out of the dataset's key (its files' bytes are in).
+DATA_LOCATIONS = {"data_dir", "items_path"}
 
 
 def _files_under(path: Path | None) -> list[Path]:
@@ -24,28 +27,41 @@ def _files_under(path: Path | None) -> list[Path]:
     return [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
 
 
-def dataset_sources(params: Mapping[str, Any]) -> list[list[Any]]:
-    """Fingerprint of the files a dataset is read from, so an edited file is a new dataset."""
+def dataset_ref(params: Mapping[str, Any]) -> ArtifactRef:
+    """The dataset's address: its settings and the names and bytes of its files, not where they lie, so that the
+    same data reached by another path (relative or absolute, a copy) is the same dataset and an edited file is a
+    new one."""
     cfg: DataConfig = params["data"]
-    if cfg.dataset in KNOWN_DATASETS:
-        files = _files_under(cfg.resolved_data_dir() / cfg.dataset)
-    else:
-        files = _files_under(Path(cfg.dataset).expanduser())
-    return files_fingerprint(files + _files_under(cfg.items_path))
+    known = cfg.dataset in KNOWN_DATASETS
+    source = cfg.resolved_data_dir() / cfg.dataset if known else Path(cfg.dataset).expanduser()
+    keyed = {
+        "data": {**cfg.model_dump(mode="json", exclude=DATA_LOCATIONS), "dataset": cfg.dataset if known else None},
+        "files": files_fingerprint(_files_under(source)),
+        "item_files": files_fingerprint(_files_under(cfg.items_path)),
+    }
+    return stage_ref("dataset", keyed)
 
 
-def split_sources(params: Mapping[str, Any]) -> list[list[Any]]:
-    """Fingerprint of a given split folder (nothing for computed splits)."""
+def split_ref(params: Mapping[str, Any]) -> ArtifactRef:
+    """The split's address: the dataset's, the split settings and, for a given split folder, its files' names
+    and bytes (not the folder's path)."""
     cfg: SplitConfig = params["split"]
-    return files_fingerprint(_files_under(cfg.split_dir)) if cfg.method == "dir" else []
+    keyed = {
+        "dataset_ref": params["dataset_ref"],
+        "split": cfg.model_dump(mode="json", exclude={"split_dir"}),
+        "files": files_fingerprint(_files_under(cfg.split_dir)) if cfg.method == "dir" else [],
+    }
+    return stage_ref("split", keyed)
 
 
-@task(name="load-dataset", cache_key_fn=cache_key_fn("dataset", dataset_sources), result_serializer="json",
+@task(name="load-dataset", cache_key_fn=keyed_on(dataset_ref), result_serializer="json",
       persist_result=True)
 def load_data(store_root: str, data: DataConfig) -> str:
     """Load interactions, items and users into the store; returns the `dataset` ref."""
     store = ArtifactStore(store_root)
-    ref = stage_ref("dataset", {"data": data}, dataset_sources)
+    if data.dataset in KNOWN_DATASETS:  # fetched first, so that the key below covers the files' bytes
+        ensure_movielens(data.dataset, data.resolved_data_dir())  # type: ignore[arg-type]
+    ref = dataset_ref({"data": data})
     if store.exists(ref):
         return str(ref)
     ds = load_dataset(data)
@@ -74,13 +90,13 @@ def read_dataset(store: ArtifactStore, dataset_ref: str) -> Dataset:
     )
 
 
-@task(name="split", cache_key_fn=cache_key_fn("split", split_sources), result_serializer="json",
+@task(name="split", cache_key_fn=keyed_on(split_ref), result_serializer="json",
       persist_result=True)
 def split_data(store_root: str, dataset_ref: str, split: SplitConfig) -> str:
     """Split the dataset into train/valid/test and store them with the raw<->dense id maps; returns the ref."""
     store = ArtifactStore(store_root)
     params = {"dataset_ref": dataset_ref, "split": split}
-    ref = stage_ref("split", params, split_sources)
+    ref = split_ref(params)
     if store.exists(ref):
         return str(ref)
     ds = read_dataset(store, dataset_ref)

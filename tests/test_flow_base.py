@@ -108,3 +108,22 @@ def test_deleted_artifact_is_rebuilt_not_served_stale(config, tmp_path):
     assert ArtifactStore(store).exists(result2["refs"]["candidates"])
     pd.testing.assert_frame_equal(pd.read_parquet(out / "candidates.parquet"),
                                   pd.read_parquet(tmp_path / "out2" / "candidates.parquet"))
+
+
+def test_data_is_keyed_by_its_bytes_not_its_path(config, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    result, _ = run(config, store, tmp_path / "out")
+    # The same files, copied elsewhere and named by a relative path: the same dataset, nothing runs again.
+    shutil.copytree(config.data.dataset, tmp_path / "copy" / "data")
+    monkeypatch.chdir(tmp_path / "copy")
+    moved = config.model_copy(update={"data": DataConfig(dataset="data")})
+    result2, states = run(moved, store, tmp_path / "out2")
+    assert {s: states[s] for s in STAGES} == dict.fromkeys(STAGES, "Cached")
+    assert result2["refs"] == result["refs"]
+    # One edited byte (same size, same name): a new dataset, and everything after it is built again.
+    csv = tmp_path / "copy" / "data" / "interactions.csv"
+    text = csv.read_text()
+    csv.write_text(text.replace("1000,", "1001,", 1))
+    result3, states3 = run(moved, store, tmp_path / "out3")
+    assert states3["load-dataset"] == "Completed" and states3["split"] == "Completed"
+    assert result3["refs"]["dataset"] != result["refs"]["dataset"]
