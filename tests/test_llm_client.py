@@ -180,8 +180,9 @@ def test_retry_after_seconds_is_honoured(stub: StubServer, tmp_path: Path) -> No
 
 
 def test_retry_after_http_date_is_honoured(stub: StubServer, tmp_path: Path) -> None:
-    # HTTP dates have 1 s resolution: "now + 2 s" means a wait of more than 1 s.
-    stub.script.append(Reply(429, headers={"Retry-After": formatdate(time.time() + 2, usegmt=True)}))
+    # HTTP dates have 1 s resolution: a date 3 whole seconds ahead is more than 2 s ahead, and stays more than 1 s
+    # ahead of the first request even when a loaded machine delays it by most of a second.
+    stub.script.append(Reply(429, headers={"Retry-After": formatdate(int(time.time()) + 3, usegmt=True)}))
     with _client(_cfg(stub.base_url), tmp_path) as client:
         result = client.chat(_msgs(), template_version="t1")
     assert result.text == ANSWER
