@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.base import base_flow
-from flows.runners import describe, future_done, future_failure, with_runner
+from flows.runners import abandon, describe, future_done, future_failure, with_runner
 from recsys.config import AugmentRunConfig, default_store_dir
 from storage.atomic import write_parquet
 from storage.ledger import read_ledger, store_ledger_root
@@ -26,6 +26,7 @@ from tasks.ratelimit import check_rate_limit
 OUTPUT_FILES = {"edges": "augmented_edges.parquet", "profiles": "user_profiles.parquet",
                 "attributes": "item_attributes.parquet"}
 RUN_LEDGER_FILE = "ledger.parquet"  # this run's ledger rows, beside its outputs
+ABANDONED = "abandoned"  # how a batch given up after batch_timeout_s is reported
 
 
 class AugmentFailed(RuntimeError):
@@ -36,6 +37,7 @@ def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, s
               ledger_root: str, budget: Budget) -> tuple[list[str], dict[int, str], int]:
     """Submit the stage's batches, at most `max_batches_in_flight` at once and only while the budget allows.
 
+    A batch with no result `batch_timeout_s` after its submission is abandoned and counted as failed.
     Returns the batch refs, the failed batches (number -> the task run's state message), and how many batches
     were not started.
     """
@@ -44,6 +46,8 @@ def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, s
               "llm": config.llm, "augment": config.augment}
     pending = list(enumerate(batches))
     running: dict[int, Any] = {}
+    submitted: dict[int, float] = {}
+    timeout = config.augment.batch_timeout_s
     finished: list[str] = []
     failed: dict[int, str] = {}
     denied_at = -1  # how many batches had finished when the budget last said no: it can only change after more
@@ -56,6 +60,7 @@ def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, s
                 break
             i, ids = pending.pop(0)
             running[i] = task.submit(root, stage, i, ids, ledger_root=ledger_root, **shared)
+            submitted[i] = time.monotonic()
         if not running:
             break  # the budget stopped scheduling
         for i, fut in list(running.items()):
@@ -64,6 +69,11 @@ def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, s
                 finished.append(str(i))
                 if (why := future_failure(fut)) is not None:
                     failed[i] = why
+            elif timeout is not None and time.monotonic() - submitted[i] > timeout:
+                abandon(fut)
+                del running[i]
+                finished.append(str(i))
+                failed[i] = f"{ABANDONED}: no result within batch_timeout_s={timeout:g} s"
         time.sleep(0.05)
     batch_refs = [str(batch_ref({"stage": stage, "ids": ids, **shared})) for _, ids in enumerate(batches)]
     return batch_refs, dict(sorted(failed.items())), len(pending)
@@ -114,11 +124,12 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
         outputs[stage], failures = rows, [*failures, fails]
         logger.info("%s: %d answered, %d failed, %d of %d batches failed, %d not started",
                     stage, len(rows), len(fails), len(failed), len(batches), not_started)
-        # A batch that crashed (rather than record failed items) wrote nothing: name it and its error.
+        # A batch that crashed or was abandoned (rather than record failed items): name it and why.
         crashed = {i: m for i, m in failed.items() if BatchFailed.__name__ not in m}
         if len(fails):
             problems.append(f"{stage}: {len(fails)} items failed in batches {sorted(set(failed) - set(crashed))}")
-        problems += [f"{stage} batch {i} crashed: {m}" for i, m in crashed.items()]
+        problems += [f"{stage} batch {i} {m if m.startswith(ABANDONED) else 'crashed: ' + m}"
+                     for i, m in crashed.items()]
         if not_started:
             problems.append(f"{stage}: budget ${budget.max_cost_usd} reached after spending ${budget.spent():.6f}; "
                             f"{not_started} of {len(batches)} batches not started")

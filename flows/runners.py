@@ -76,6 +76,15 @@ def future_done(fut: Any) -> bool:
     return bool(wrapped.done()) if wrapped is not None else fut.state.is_final()
 
 
+def abandon(fut: Any) -> None:
+    """Stop waiting for a task run and cancel it where its runner can: a Dask task is released by the scheduler
+    (a worker already running it finishes on its own), a thread-pool task only if it has not started. A thread
+    pool still waits for a started one when the flow ends."""
+    wrapped = getattr(fut, "wrapped_future", None)
+    if wrapped is not None:
+        wrapped.cancel()
+
+
 def future_failure(fut: Any) -> str | None:
     """None when a finished task run completed, else why not: its state message, or the error that kept it from
     starting at all (a Dask worker that could not reach the Prefect API records no state)."""

@@ -206,6 +206,24 @@ def test_full_augment_on_ml100k_then_rerun_is_free(ml100k_dir, reference_split_d
     print(f"augment ML-100K: first run {first:.1f} s, cached re-run {second:.1f} s")
 
 
+def test_a_batch_past_its_time_limit_is_abandoned_and_a_rerun_keeps_its_answers(small_movielens, tmp_path):
+    """A slow (or stuck) batch does not hold the flow for ever: past batch_timeout_s the run fails naming it; what
+    the batch still answered is kept, so the re-run asks nothing again."""
+    store, data = str(tmp_path / "store"), DataConfig(dataset=str(small_movielens))
+    with start_llm_server(latency_ms=1500) as server:  # 30 users at 8 in flight: about 6 s per batch
+        cfg = config(data, server.base_url, stages=("profiles",), users_per_batch=30, batch_timeout_s=2)
+        with pytest.raises(AugmentFailed, match=r"profiles batch 0 abandoned: no result within "
+                                                r"batch_timeout_s=2 s.*profiles batch 1 abandoned"):
+            augment_flow(config=cfg, store_root=store, out_dir=str(tmp_path / "out"))
+        asked = chat_requests(server.stats())
+        assert asked == N_USERS  # the abandoned batches' threads finished their work meanwhile
+        server.set_faults()  # no latency
+        result = augment_flow(config=cfg.model_copy(update={"augment": cfg.augment.model_copy(
+            update={"batch_timeout_s": None})}), store_root=store, out_dir=str(tmp_path / "out2"))
+        assert chat_requests(server.stats()) == asked  # nothing asked twice
+    assert result["rows"] == {"profiles": N_USERS}
+
+
 def test_a_crashed_batch_fails_the_run_naming_it(small_movielens, tmp_path, monkeypatch):
     """A batch that raises before recording anything (here: no API key for OpenAI's API) is not a silent success."""
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

@@ -42,7 +42,9 @@ def augment_config(dataset: Path, base_url: str, runner: RunnerConfig) -> Augmen
         train=TrainConfig(max_epochs=2, device="cpu"),
         llm=LLMConfig(model="llmrec-heuristic", base_url=base_url, rpm=None, tpm=None, backoff_initial_s=0.05,
                       backoff_max_s=1.0, timeout_s=20.0),
-        augment=AugmentConfig(stages=("profiles", "attributes"), users_per_batch=20, items_per_batch=300),
+        # A batch stuck for 2 minutes fails the run naming it, instead of holding the test until its timeout.
+        augment=AugmentConfig(stages=("profiles", "attributes"), users_per_batch=20, items_per_batch=300,
+                              batch_timeout_s=120),
         runner=runner,
     )
 
