@@ -65,8 +65,8 @@ def test_runner_factory():
 
 
 @pytest.mark.slow
-@pytest.mark.dask  # not in the default run: in 2 of 6 full-suite runs a worker's request got no answer
-@pytest.mark.timeout(300)  # about 40 s; a stuck Dask batch must not hold the suite for the default 600 s
+@pytest.mark.dask
+@pytest.mark.timeout(300)  # about 40 s; batch_timeout_s below fails a stuck batch long before this
 def test_dask_runner_writes_the_same_bytes_as_threads(small_movielens, tmp_path):
     outs = {kind: tmp_path / f"out-{kind}" for kind in ("threads", "dask")}
     stores = {kind: str(tmp_path / f"store-{kind}") for kind in outs}  # separate stores: nothing is reused
