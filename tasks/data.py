@@ -27,7 +27,7 @@ def _files_under(path: Path | None) -> list[Path]:
     return [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
 
 
-def dataset_ref(params: Mapping[str, Any]) -> ArtifactRef:
+def dataset_artifact(params: Mapping[str, Any]) -> ArtifactRef:
     """The dataset's address: its settings and the names and bytes of its files, not where they lie, so that the
     same data reached by another path (relative or absolute, a copy) is the same dataset and an edited file is a
     new one."""
@@ -42,7 +42,7 @@ def dataset_ref(params: Mapping[str, Any]) -> ArtifactRef:
     return stage_ref("dataset", keyed)
 
 
-def split_ref(params: Mapping[str, Any]) -> ArtifactRef:
+def split_artifact(params: Mapping[str, Any]) -> ArtifactRef:
     """The split's address: the dataset's, the split settings and, for a given split folder, its files' names
     and bytes (not the folder's path)."""
     cfg: SplitConfig = params["split"]
@@ -54,14 +54,14 @@ def split_ref(params: Mapping[str, Any]) -> ArtifactRef:
     return stage_ref("split", keyed)
 
 
-@task(name="load-dataset", cache_key_fn=keyed_on(dataset_ref), result_serializer="json",
+@task(name="load-dataset", cache_key_fn=keyed_on(dataset_artifact), result_serializer="json",
       persist_result=True)
 def load_data(store_root: str, data: DataConfig) -> str:
     """Load interactions, items and users into the store; returns the `dataset` ref."""
     store = ArtifactStore(store_root)
     if data.dataset in KNOWN_DATASETS:  # fetched first, so that the key below covers the files' bytes
         ensure_movielens(data.dataset, data.resolved_data_dir())  # type: ignore[arg-type]
-    ref = dataset_ref({"data": data})
+    ref = dataset_artifact({"data": data})
     if store.exists(ref):
         return str(ref)
     ds = load_dataset(data)
@@ -90,13 +90,13 @@ def read_dataset(store: ArtifactStore, dataset_ref: str) -> Dataset:
     )
 
 
-@task(name="split", cache_key_fn=keyed_on(split_ref), result_serializer="json",
+@task(name="split", cache_key_fn=keyed_on(split_artifact), result_serializer="json",
       persist_result=True)
 def split_data(store_root: str, dataset_ref: str, split: SplitConfig) -> str:
     """Split the dataset into train/valid/test and store them with the raw<->dense id maps; returns the ref."""
     store = ArtifactStore(store_root)
     params = {"dataset_ref": dataset_ref, "split": split}
-    ref = split_ref(params)
+    ref = split_artifact(params)
     if store.exists(ref):
         return str(ref)
     ds = read_dataset(store, dataset_ref)
