@@ -3,7 +3,6 @@ and the project's local OpenAI-compatible server (cache, token counts, fault-dri
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -22,7 +21,6 @@ from typing import Any
 import pytest
 
 from recsys.config import LLMConfig
-from recsys.disk_cache import LOCK_FILE
 from recsys.llm.cache import ResponseCache
 from recsys.llm.client import (
     LLMAuthError,
@@ -444,22 +442,6 @@ def test_cache_is_shared_across_processes(tmp_path: Path) -> None:
     with ResponseCache(tmp_path) as cache:
         assert cache.get("k") == {"text": "from-child"}
         assert cache.forget("k") and cache.get("k") is None
-
-
-def test_processes_open_a_cache_one_at_a_time(tmp_path: Path) -> None:
-    """Opening writes to SQLite, and processes opening one cache at once can lock each other out for minutes: a
-    process opens it only while no other one is opening it."""
-    code = ("import sys; from recsys.llm.cache import ResponseCache; "
-            "c = ResponseCache(sys.argv[1]); c.put('k', {'text': 'opened'}); c.close()")
-    with open(tmp_path / LOCK_FILE, "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # as another process in the middle of opening it
-        child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO)
-        with pytest.raises(subprocess.TimeoutExpired):
-            child.wait(timeout=10)  # imports take about 2 s: it is waiting for the lock
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    assert child.wait(timeout=60) == 0
-    with ResponseCache(tmp_path) as cache:
-        assert cache.get("k") == {"text": "opened"}
 
 
 def test_token_counts_follow_the_cookbook_formula() -> None:

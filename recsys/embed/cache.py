@@ -1,6 +1,6 @@
 """The text-hash vector cache: a text is embedded once per (backend, model, dimensions), across runs.
 
-On disk (diskcache, SQLite underneath: safe across threads and processes, opened one process at a time), keyed by
+On disk (diskcache, SQLite underneath: safe across threads and processes), keyed by
 sha256(canonical JSON of [backend, model, dimensions, text]); the value is the float32 vector's bytes. The API key
 and the endpoint are never part of a key (the same model gives the same vector whoever pays; a key must never be
 written to disk), so the model name must identify the vectors: do not serve a different model under the name of
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import diskcache
 import numpy as np
 
-from recsys.disk_cache import open_disk_cache
 from recsys.embed.base import Embedder, check_matrix
 
 
@@ -32,7 +32,8 @@ class VectorCache:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self._cache = open_disk_cache(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(str(self.directory), eviction_policy="none")
 
     def get(self, key: str) -> np.ndarray | None:
         raw = self._cache.get(key)

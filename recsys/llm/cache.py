@@ -3,8 +3,7 @@
 Keyed by the sha256 of the canonical JSON of what determines an answer (model, messages, sampling parameters,
 the prompt template's version). The API key and the endpoint are not part of the key: the same question to the
 same model has the same answer whoever pays for it, and a key must never be written to disk.
-diskcache (SQLite underneath) is safe across threads and processes once open, and `open_disk_cache` lets one
-process open it at a time, so parallel workers share one cache.
+diskcache (SQLite underneath) is safe across threads and processes, so parallel workers share one cache.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from recsys.disk_cache import open_disk_cache
+import diskcache
 
 
 def canonical_json(obj: Any) -> str:
@@ -56,7 +55,9 @@ class ResponseCache:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self._cache = open_disk_cache(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # eviction_policy "none": diskcache's default evicts beyond 1 GB, which would make us pay again.
+        self._cache = diskcache.Cache(str(self.directory), eviction_policy="none")
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored answer for `key`, or None."""
