@@ -65,7 +65,7 @@ def test_runner_factory():
 
 
 @pytest.mark.slow
-@pytest.mark.dask
+@pytest.mark.dask  # not in the default run: in 2 of 27 runs a Dask worker process froze (see README)
 @pytest.mark.timeout(300)  # about 40 s; batch_timeout_s below fails a stuck batch long before this
 def test_dask_runner_writes_the_same_bytes_as_threads(small_movielens, tmp_path):
     outs = {kind: tmp_path / f"out-{kind}" for kind in ("threads", "dask")}
