@@ -10,6 +10,9 @@ its own each worker process would boot a temporary server of its own: tens of se
 SQLite file, and Prefect 3.8.8 can fail a task run with "Server process did not start" when two threads of one
 worker start it at once. Workers of an existing cluster (`dask_address`) need `PREFECT_API_URL` pointing at a
 running server (`prefect server start`) in their own environment.
+
+The Dask runner turns off the statistical profiler of every worker it uses (`flows.dask_workers`): on Python 3.11
+that profiler can freeze a worker process for good.
 """
 
 from __future__ import annotations
@@ -46,11 +49,11 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:
     """The Prefect task runner `cfg` describes (a new instance: runners are entered once per flow run)."""
     if cfg.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=cfg.threads)
-    from prefect_dask import DaskTaskRunner  # deferred: importing dask.distributed costs a second
+    from flows.dask_workers import LlmrecDaskTaskRunner  # deferred: importing dask.distributed costs a second
 
     if cfg.dask_address:
-        return DaskTaskRunner(address=cfg.dask_address)
-    return DaskTaskRunner(cluster_kwargs={
+        return LlmrecDaskTaskRunner(address=cfg.dask_address)
+    return LlmrecDaskTaskRunner(cluster_kwargs={
         "n_workers": cfg.dask_workers,
         "threads_per_worker": cfg.dask_threads_per_worker,
         "processes": True,  # the point of Dask here: batches in other processes (or machines)

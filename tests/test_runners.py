@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect_dask import DaskTaskRunner
 from typer.testing import CliRunner
 
 from flows.augment import OUTPUT_FILES, run_augment
 from flows.cli import app
+from flows.dask_workers import LlmrecDaskTaskRunner, profiler_running
 from flows.embed import run_embed
 from flows.runners import task_runner, worker_env
 from recsys.config import (
@@ -53,19 +53,34 @@ def test_runner_factory():
     threads = task_runner(RunnerConfig(threads=3))
     assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
     local = task_runner(RunnerConfig(kind="dask", dask_workers=3, dask_threads_per_worker=2))
-    assert isinstance(local, DaskTaskRunner) and local.address is None
+    assert isinstance(local, LlmrecDaskTaskRunner) and local.address is None
     assert local.cluster_kwargs["n_workers"] == 3 and local.cluster_kwargs["processes"] is True
     assert local.cluster_kwargs["env"]["PREFECT_API_URL"].startswith("http://127.0.0.1:")  # this process's API
     remote = task_runner(RunnerConfig(kind="dask", dask_address="tcp://127.0.0.1:8786"))
-    assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://127.0.0.1:8786"
+    assert isinstance(remote, LlmrecDaskTaskRunner) and remote.address == "tcp://127.0.0.1:8786"
     with pytest.raises(ValueError, match="dask_address needs kind 'dask'"):
         RunnerConfig(dask_address="tcp://127.0.0.1:8786")
     result = CliRunner().invoke(app, ["augment", "--dask-address", "tcp://127.0.0.1:8786"])
     assert result.exit_code == 2 and "--dask-address needs --runner dask" in result.output
 
 
+@pytest.mark.timeout(120)
+def test_dask_runner_turns_off_the_worker_profiler():
+    """The profiler that can freeze a worker on Python 3.11 (flows/dask_workers.py) is off on the workers there
+    when the runner connects and on those that join later; a plain client leaves it on."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with Client(cluster) as plain:
+            assert all(plain.run(profiler_running).values())  # distributed's default: on
+        runner = task_runner(RunnerConfig(kind="dask", dask_address=cluster.scheduler_address))
+        with runner:
+            client = runner.client
+            assert list(client.run(profiler_running).values()) == [False]
+            cluster.scale(2)
+            client.wait_for_workers(2, timeout=60)
+            assert list(client.run(profiler_running).values()) == [False, False]
+
+
 @pytest.mark.slow
-@pytest.mark.dask  # not in the default run: in 2 of 27 runs a Dask worker process froze (see README)
 @pytest.mark.timeout(300)  # about 40 s; batch_timeout_s below fails a stuck batch long before this
 def test_dask_runner_writes_the_same_bytes_as_threads(small_movielens, tmp_path):
     outs = {kind: tmp_path / f"out-{kind}" for kind in ("threads", "dask")}
@@ -93,11 +108,13 @@ def test_dask_runner_writes_the_same_bytes_as_threads(small_movielens, tmp_path)
                 t0 = time.monotonic()
                 features[kind] = run_embed(sources, EmbedConfig(), store_root=stores[kind], runner=runner)
                 timings[f"embed-{kind}"] = time.monotonic() - t0
+            profilers = client.run(profiler_running)
     print("wall s:", {k: round(v, 1) for k, v in timings.items()})
 
     # The LLM work really ran in the Dask worker processes: ledger parts are named after the writing process.
     writers = {int(p.stem.split("-")[-2]) for p in (Path(stores["dask"]) / "ledger").rglob("*.parquet")}
     assert writers and writers <= worker_pids and os.getpid() not in writers
+    assert profilers and not any(profilers.values())  # the runner turned off the profiler that can freeze them
     # Same content keys (the runner is in none of them) and byte-identical Parquet outputs.
     assert results["dask"]["batches"] == results["threads"]["batches"]
     assert results["dask"]["rows"] == results["threads"]["rows"]
