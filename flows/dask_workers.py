@@ -6,8 +6,8 @@ interpreter's thread-list lock while it allocates frame objects, an allocation c
 a finalizer run by the collector can hand the GIL to another thread, and when that thread is starting or ending a
 thread (our batches do: each one runs its requests on a thread pool) it waits for the thread-list lock while
 holding the GIL. Every thread of the worker then waits for ever, answers unread in its sockets. Python 3.12 no
-longer collects garbage inside that allocation. The profiler only feeds the dashboard's profile page, which llmrec
-does not open, so it is turned off on every Python.
+longer collects garbage inside that allocation. The profiler only feeds the dashboard's profile page, so it is
+turned off on every Python version.
 
 This module imports `distributed`, which takes about a second; it is imported only when a Dask runner is used.
 """
