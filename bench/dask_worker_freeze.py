@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--profiler", choices=("on", "off"), required=True)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--stall-s", type=float, default=60.0, help="no task finished this long: frozen")
-    parser.add_argument("--dump-dir", type=Path, default=Path("bench/results/dask-freeze-dumps"))
+    parser.add_argument("--dump-dir", type=Path, default=Path("runs/dask-freeze-dumps"))
     args = parser.parse_args()
     print(f"Python {sys.version.split()[0]}, profiler {args.profiler}, {args.trials} trials", flush=True)
     frozen = 0

@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.base import base_flow
-from flows.runners import abandon, describe, future_done, future_failure, with_runner
+from flows.runners import abandon, describe, future_done, future_failure, runner_kind, with_runner
 from recsys.config import AugmentRunConfig, default_store_dir
 from storage.atomic import write_parquet
 from storage.ledger import read_ledger, store_ledger_root
@@ -83,11 +83,11 @@ def _check_runner(config: AugmentRunConfig, logger: Any) -> None:
     """Warn when the config asks for a runner this flow run does not have (it was called without
     `run_augment` / `flows.runners.with_runner`)."""
     ctx = FlowRunContext.get()
-    current = describe(ctx.task_runner) if ctx is not None else "?"
-    wanted = "DaskTaskRunner" if config.runner.kind == "dask" else "ThreadPoolTaskRunner"
-    if current != wanted:
-        logger.warning("config.runner asks for %s but this flow run uses %s: call flows.augment.run_augment "
-                       "(or flows.runners.with_runner) to run the batches there", wanted, current)
+    if ctx is None or runner_kind(ctx.task_runner) == config.runner.kind:
+        return
+    logger.warning("config.runner asks for the %s runner but this flow run uses %s: call flows.augment.run_augment "
+                   "(or flows.runners.with_runner) to run the batches there", config.runner.kind,
+                   describe(ctx.task_runner))
 
 
 @flow(name="augment", task_runner=ThreadPoolTaskRunner(max_workers=8))

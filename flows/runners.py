@@ -67,6 +67,15 @@ def with_runner(flow: F, cfg: RunnerConfig) -> F:
     return flow.with_options(task_runner=task_runner(cfg))
 
 
+def runner_kind(runner: TaskRunner[Any]) -> str:
+    """The `RunnerConfig.kind` a task runner is: "threads", "dask" (prefect-dask's runner or a subclass, such as
+    llmrec's), or its class name for any other runner."""
+    names = {cls.__name__ for cls in type(runner).__mro__}
+    if "DaskTaskRunner" in names:  # by name: no need to import dask.distributed to ask
+        return "dask"
+    return "threads" if isinstance(runner, ThreadPoolTaskRunner) else type(runner).__name__
+
+
 def describe(runner: TaskRunner[Any]) -> str:
     """A short name for logs, e.g. "ThreadPoolTaskRunner" or "DaskTaskRunner"."""
     return type(runner).__name__

@@ -11,14 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
+from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
 from typer.testing import CliRunner
 
-from flows.augment import OUTPUT_FILES, run_augment
+from flows.augment import OUTPUT_FILES, _check_runner, run_augment
 from flows.cli import app
 from flows.dask_workers import LlmrecDaskTaskRunner, profiler_running
 from flows.embed import run_embed
-from flows.runners import task_runner, worker_env
+from flows.runners import runner_kind, task_runner, worker_env
 from recsys.config import (
     AugmentConfig,
     AugmentRunConfig,
@@ -62,6 +64,28 @@ def test_runner_factory():
         RunnerConfig(dask_address="tcp://127.0.0.1:8786")
     result = CliRunner().invoke(app, ["augment", "--dask-address", "tcp://127.0.0.1:8786"])
     assert result.exit_code == 2 and "--dask-address needs --runner dask" in result.output
+
+
+def test_runner_kind_and_the_mismatch_warning():
+    """Both Dask runners are kind "dask"; the augment flow warns only when its runner is not the configured kind."""
+    dask_cfg = RunnerConfig(kind="dask", dask_address="tcp://127.0.0.1:8786")
+    assert runner_kind(task_runner(RunnerConfig())) == "threads"
+    assert runner_kind(task_runner(dask_cfg)) == runner_kind(DaskTaskRunner()) == "dask"
+    config = AugmentRunConfig(runner=dask_cfg)
+    warnings: list[str] = []
+
+    class Logger:
+        def warning(self, message: str, *args: object) -> None:
+            warnings.append(message % args)
+
+    @flow
+    def probe() -> None:
+        _check_runner(config, Logger())
+
+    probe.with_options(task_runner=task_runner(dask_cfg))()  # entering the runner connects to nothing yet
+    assert warnings == []
+    probe()  # the default thread pool
+    assert len(warnings) == 1 and "the dask runner" in warnings[0] and "ThreadPoolTaskRunner" in warnings[0]
 
 
 @pytest.mark.timeout(120)
