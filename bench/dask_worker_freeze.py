@@ -5,7 +5,7 @@ a LocalCluster of 2 worker processes runs batches that, like llmrec's LLM batche
 thread pools, while the work leaves cyclic garbage whose finalizers run Python code. Each trial either finishes
 or is declared frozen when no task has finished for `--stall-s` seconds; a frozen worker's stacks are written
 to `--dump-dir` with py-spy when it is on PATH. The profiler is sampled every 1 ms (default 10 ms) and the GIL
-switch interval is 0.2 ms (default 5 ms), which makes the race hundreds of times likelier than in a real run.
+switch interval is 0.2 ms (default 5 ms), both to make the race likelier than in a real run.
 
     python bench/dask_worker_freeze.py --profiler on --trials 10    # distributed's default
     python bench/dask_worker_freeze.py --profiler off --trials 10   # with llmrec's NoWorkerProfiler plugin

@@ -57,7 +57,8 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:
         "n_workers": cfg.dask_workers,
         "threads_per_worker": cfg.dask_threads_per_worker,
         "processes": True,  # the point of Dask here: batches in other processes (or machines)
-        "dashboard_address": None,  # no web dashboard: nothing listens on a port it was not asked to
+        # No dashboard pages; the scheduler still serves /health on port 8787 (or a free one), on all interfaces.
+        "dashboard_address": None,
         "env": worker_env(),
     })
 
@@ -77,7 +78,7 @@ def runner_kind(runner: TaskRunner[Any]) -> str:
 
 
 def describe(runner: TaskRunner[Any]) -> str:
-    """A short name for logs, e.g. "ThreadPoolTaskRunner" or "DaskTaskRunner"."""
+    """A short name for logs, e.g. "ThreadPoolTaskRunner" or "LlmrecDaskTaskRunner"."""
     return type(runner).__name__
 
 

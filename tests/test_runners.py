@@ -105,7 +105,7 @@ def test_dask_runner_turns_off_the_worker_profiler():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)  # about 40 s; batch_timeout_s below fails a stuck batch long before this
+@pytest.mark.timeout(300)  # about 60 s here; batch_timeout_s below fails a stuck batch long before this
 def test_dask_runner_writes_the_same_bytes_as_threads(small_movielens, tmp_path):
     outs = {kind: tmp_path / f"out-{kind}" for kind in ("threads", "dask")}
     stores = {kind: str(tmp_path / f"store-{kind}") for kind in outs}  # separate stores: nothing is reused
