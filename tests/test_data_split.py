@@ -204,3 +204,38 @@ def test_make_split_dir_rejects_unknown_ids(tmp_path):
     with pytest.raises(DataError, match="user_id 7") as exc:
         make_split(ds, SplitConfig(method="dir", split_dir=folder))
     assert (exc.value.column, exc.value.row) == ("user_id", 1)
+
+
+# ------------------------------------------------------------------------------------ the sparse-data protocol
+
+
+def test_cap_train_keeps_the_earliest_k_by_timestamp_and_leaves_valid_and_test(ml100k, reference_split_dir):
+    cfg = SplitConfig(method="dir", split_dir=reference_split_dir, max_train_per_user=5)
+    full = make_split(ml100k, SplitConfig(method="dir", split_dir=reference_split_dir))
+    capped = make_split(ml100k, cfg)
+    assert capped.valid.equals(full.valid) and capped.test.equals(full.test)
+    per_user = capped.train.groupby("user_id").size()
+    assert per_user.max() == 5 and per_user.index.equals(full.train.groupby("user_id").size().index)
+    assert pairs(capped.train) <= pairs(full.train)
+    # Every kept pair is no later than any dropped pair of the same user (ML-100K has a timestamp on every row).
+    stamps = ml100k.interactions.groupby(["user_id", "item_id"])["timestamp"].min()
+    keys = list(zip(capped.train.user_id, capped.train.item_id, strict=True))
+    kept = capped.train.assign(ts=stamps.loc[keys].to_numpy())
+    dropped = pairs(full.train) - pairs(capped.train)
+    latest_kept = kept.groupby("user_id")["ts"].max()
+    assert all(stamps.loc[(u, i)] >= latest_kept[u] for u, i in dropped)
+
+
+def test_cap_train_without_timestamps_is_a_seeded_random_choice():
+    interactions = frame([(u, i, 0) for u in (1, 2) for i in range(10 * u)], with_ts=False)
+    base = random_split(interactions, valid_ratio=0.1, test_ratio=0.1, seed=7)
+    a = make_split(Dataset("t", interactions.drop(columns="timestamp"), empty_items(np.arange(20))),
+                   SplitConfig(seed=7, max_train_per_user=3))
+    b = make_split(Dataset("t", interactions.drop(columns="timestamp"), empty_items(np.arange(20))),
+                   SplitConfig(seed=7, max_train_per_user=3))
+    c = make_split(Dataset("t", interactions.drop(columns="timestamp"), empty_items(np.arange(20))),
+                   SplitConfig(seed=8, max_train_per_user=3))
+    assert a.train.equals(b.train) and a.train.groupby("user_id").size().tolist() == [3, 3]
+    assert pairs(a.train) <= pairs(base.train)
+    assert pairs(a.valid) == pairs(base.valid) and pairs(a.test) == pairs(base.test)
+    assert not a.train.equals(c.train)  # another seed: another pick

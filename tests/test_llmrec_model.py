@@ -399,3 +399,29 @@ def test_active_dropout_takes_the_reference_path_and_eval_the_fast_one() -> None
     ref = _reference(build_llmrec(cfg(feature_dropout=0.5), data, group_features(), seed=0)).eval()
     for name, f in ref.propagated_features().items():
         torch.testing.assert_close(model.eval().propagated_features()[name], f, rtol=1e-5, atol=1e-5)
+
+
+def test_low_rank_features_are_factored_exactly() -> None:
+    """An attribute with few distinct values (rank 2 of 24 dims) trains on [N, 2] products, with the same
+    features, loss and gradients as the straightforward path; a full-rank source is left as it is."""
+    data = checkerboard()
+    g = torch.Generator().manual_seed(5)
+    values = torch.randn(2, 24, generator=g)  # e.g. two countries
+    feats = {"item_attr_country": values[(torch.arange(N_ITEMS) % 3 == 0).long()],
+             "item_text": torch.randn(N_ITEMS, 24, generator=g)}
+    c = cfg(mask_rate=0.3, mae_weight=0.5)
+    fast = build_llmrec(c, data, feats, seed=0).train()
+    assert fast.prop_item_attr_country.shape == (N_USERS + N_ITEMS, 2)
+    assert fast.basis_item_attr_country.shape == (2, 24) and not hasattr(fast, "basis_item_text")
+    ref = _reference(build_llmrec(c, data, feats, seed=0).train())
+    ref.load_state_dict(fast.state_dict())
+    u, p = torch.from_numpy(data.train[:, 0]), torch.from_numpy(data.train[:, 1])
+    grads = []
+    for model in (fast, ref):
+        torch.manual_seed(2)
+        loss, _ = model.loss(u, p, p.roll(3), reg_weight=1e-2)
+        loss.backward()
+        grads.append((loss, {k: v.grad.clone() for k, v in model.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    for k, g_fast in grads[0][1].items():
+        torch.testing.assert_close(g_fast, grads[1][1][k], rtol=1e-4, atol=1e-6, msg=k)

@@ -20,7 +20,7 @@ from recsys.data.download import ensure_movielens
 from recsys.data.errors import DataError
 from recsys.data.llmrec_json import JSON_FILES, load_llmrec_json
 from recsys.data.movielens import load_ml1m, load_ml100k
-from recsys.data.split import load_split_dir, split_files, split_interactions
+from recsys.data.split import cap_train, load_split_dir, split_files, split_interactions
 from recsys.data.tabular import load_item_table, load_tabular, load_tabular_dir, merge_items
 
 MOVIELENS_LOADERS: dict[str, Callable[[Path], Dataset]] = {"ml-100k": load_ml100k, "ml-1m": load_ml1m}
@@ -107,14 +107,19 @@ def check_split_ids(split: Split, ds: Dataset, paths: dict[str, Path]) -> None:
 
 
 def make_split(ds: Dataset, cfg: SplitConfig) -> Split:
-    """Split `ds` as `cfg` says; method "dir" reads the split files and checks their ids against `ds`."""
+    """Split `ds` as `cfg` says; method "dir" reads the split files and checks their ids against `ds`. With
+    `cfg.max_train_per_user`, each user's training pairs are then capped (`cap_train`, the sparse-data protocol)."""
     if cfg.method == "dir":
         assert cfg.split_dir is not None  # SplitConfig enforces this
         folder = Path(cfg.split_dir).expanduser()
         split = load_split_dir(folder)
         check_split_ids(split, ds, _split_paths(folder))
-        return split
-    return split_interactions(ds.interactions, cfg)
+    else:
+        split = split_interactions(ds.interactions, cfg)
+    if cfg.max_train_per_user is not None:
+        stamps = ds.interactions if "timestamp" in ds.interactions else None
+        split = cap_train(split, cfg.max_train_per_user, seed=cfg.seed, timestamps=stamps)
+    return split
 
 
 def build_id_map(ds: Dataset, split: Split) -> IdMap:

@@ -164,6 +164,33 @@ def split_interactions(interactions: pd.DataFrame, cfg: SplitConfig) -> Split:
     raise ValueError(f"split method {cfg.method!r} reads files; use load_split_dir (or loading.make_split)")
 
 
+def cap_train(split: Split, max_per_user: int, *, seed: int = 2020, timestamps: pd.DataFrame | None = None) -> Split:
+    """The sparse-data protocol: keep at most `max_per_user` training pairs per user; valid and test untouched.
+
+    Kept: the user's earliest pairs by timestamp (ties by item id) when `timestamps` (user_id, item_id,
+    timestamp) gives one for every training pair, else a random choice from one default_rng(seed) permutation per
+    user (users ascending, pairs by item id first, as the reference split). Users keep min(n, max_per_user)
+    pairs, so no user loses its training data. Train comes back sorted by (user_id, item_id).
+    """
+    if max_per_user < 1:
+        raise ValueError(f"max_per_user must be >= 1, got {max_per_user}")
+    pairs = _sorted_pairs(split.train)
+    order = None
+    if timestamps is not None and "timestamp" in timestamps:
+        stamps = (timestamps.dropna(subset=["timestamp"]).groupby(list(PAIR_COLUMNS))["timestamp"].min()
+                  .rename("timestamp").reset_index())
+        timed = pairs.merge(stamps, on=list(PAIR_COLUMNS), how="left")
+        if timed["timestamp"].notna().all():
+            order = _time_order(timed)
+    if order is None:
+        order = _reference_order(pairs["user_id"].to_numpy(), seed)
+    starts, counts = _user_blocks(pairs["user_id"].to_numpy())
+    rank = np.empty(len(pairs), dtype=np.int64)
+    rank[order] = np.arange(len(pairs)) - np.repeat(starts, counts)  # position of each row in its user's order
+    train = pairs.loc[rank < max_per_user, list(PAIR_COLUMNS)].astype(np.int64).reset_index(drop=True)
+    return Split(train=train, valid=split.valid, test=split.test)
+
+
 # ------------------------------------------------------------------------------------------------ split files
 
 

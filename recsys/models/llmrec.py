@@ -54,6 +54,23 @@ def feature_group(name: str) -> tuple[Side, Group]:
     return m.group(1), _KINDS[m.group(2)]  # type: ignore[return-value]
 
 
+LOW_RANK_RTOL = 1e-6  # singular values below this fraction of the largest count as zero (float64 SVD)
+
+
+def row_basis(x: Tensor) -> Tensor | None:
+    """An orthonormal basis B [r, raw] of the row space of x [n, raw] when its rank r is at most half of raw, so
+    that x = (x B^T) B up to float rounding; None when x has (nearly) full rank and factoring it would save little.
+
+    LLM attributes take few distinct values (a country, a language), so their embeddings have low rank: training
+    then multiplies [N, r] instead of [N, raw] matrices, with the same results.
+    """
+    if x.shape[0] == 0 or x.shape[1] < 2:
+        return None
+    _, sv, vh = torch.linalg.svd(x.to(torch.float64), full_matrices=False)
+    rank = int((sv > sv[0] * LOW_RANK_RTOL).sum()) if float(sv[0]) > 0 else 0
+    return vh[: max(rank, 1)].to(torch.float32).contiguous() if 2 * rank <= x.shape[1] else None
+
+
 class LLMRec(Recommender):
     """h = e + sum_k w_k * f_k / ||f_k||_2 (paper §3.2.2), scores h_u . h_i.
 
@@ -80,45 +97,42 @@ class LLMRec(Recommender):
     ) -> None:
         super().__init__(n_users, n_items)
         self.cfg = cfg
-        d = cfg.embedding_dim
-        self.user_emb = nn.Parameter(init_embedding(n_users, d, cfg.init))
-        self.item_emb = nn.Parameter(init_embedding(n_items, d, cfg.init))
+        self.user_emb = nn.Parameter(init_embedding(n_users, cfg.embedding_dim, cfg.init))
+        self.item_emb = nn.Parameter(init_embedding(n_items, cfg.embedding_dim, cfg.init))
         # Non-persistent like LightGCN's: rebuilt from the train pairs, never checkpointed.
         self.register_buffer("adj", normalized_adjacency(train_pairs, n_users, n_items), persistent=False)
-
         self.sources: list[FeatureSource] = []
         self.proj = nn.ModuleDict()
         for name in sorted(features):
-            side, group = feature_group(name)
-            x = torch.as_tensor(features[name])
-            n = n_users if side == "user" else n_items
-            if x.dim() != 2 or x.shape[0] != n:
-                raise ValueError(f"feature {name!r} must have shape [{n}, dim] ({side}s), got {tuple(x.shape)}")
-            if not torch.isfinite(x).all():
-                raise ValueError(f"feature {name!r} holds NaN or inf")
-            scale = cfg.omega1 if cfg.fusion == "paper" else {
-                "modal": cfg.modal_scale, "profile": cfg.profile_scale, "attribute": cfg.attribute_scale}[group]
-            self.sources.append(FeatureSource(name, side, group, int(x.shape[1]), float(scale)))
-            # A float32 copy (detach().clone()), so nothing done here can reach the caller's tensor.
-            self.register_buffer(f"feat_{name}", x.detach().to(torch.float32).clone(), persistent=False)
-            lin = nn.Linear(int(x.shape[1]), d)
-            nn.init.xavier_uniform_(lin.weight)  # [REPO]: xavier_uniform_ on every *_trans layer
-            self.proj[name] = lin
+            self._add_source(name, features[name])
         self.dropout = nn.Dropout(cfg.feature_dropout)
-        # Propagation is linear, so P (X W^T + 1 b^T) = (P X) W^T + (P 1) b^T with P = sum of the feature hops'
-        # powers of A. X is fixed, so P X (per source, zero-padded to all nodes) and P 1 (per side) are computed
-        # once here; each step then costs one dense [N, raw] x [raw, d] product per source instead of sparse
-        # propagation of the projected features forward and backward. Exact whenever dropout is inactive.
         self._precompute_propagated_raw()
-
         masked = {s.name: (s.side, s.dim) for s in self.sources if s.group in cfg.mae_groups}
-        self.mae = (FeatureMAE(masked, d, mask_rate=cfg.mask_rate, gamma=cfg.gamma, token=cfg.mask_token)
-                    if cfg.mae and masked else None)
-
-        aug = augmented.triplets if augmented is not None else torch.zeros((0, 3), dtype=torch.long)
+        self.mae = (FeatureMAE(masked, cfg.embedding_dim, mask_rate=cfg.mask_rate, gamma=cfg.gamma,
+                               token=cfg.mask_token) if cfg.mae and masked else None)
         if augmented is not None and (augmented.n_users != n_users or augmented.n_items != n_items):
             raise ValueError("augmented edges were validated for a different n_users / n_items")
+        aug = augmented.triplets if augmented is not None else torch.zeros((0, 3), dtype=torch.long)
         self.register_buffer("aug_triplets", aug.clone(), persistent=False)
+
+    def _add_source(self, name: str, feature: Tensor) -> None:
+        """Check one feature source, keep a float32 copy as a buffer and give it its projection Linear(raw -> d)."""
+        side, group = feature_group(name)
+        x = torch.as_tensor(feature)
+        n = self.n_users if side == "user" else self.n_items
+        if x.dim() != 2 or x.shape[0] != n:
+            raise ValueError(f"feature {name!r} must have shape [{n}, dim] ({side}s), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"feature {name!r} holds NaN or inf")
+        cfg = self.cfg
+        scale = cfg.omega1 if cfg.fusion == "paper" else {
+            "modal": cfg.modal_scale, "profile": cfg.profile_scale, "attribute": cfg.attribute_scale}[group]
+        self.sources.append(FeatureSource(name, side, group, int(x.shape[1]), float(scale)))
+        # A float32 copy (detach().clone()), so nothing done here can reach the caller's tensor.
+        self.register_buffer(f"feat_{name}", x.detach().to(torch.float32).clone(), persistent=False)
+        lin = nn.Linear(int(x.shape[1]), cfg.embedding_dim)
+        nn.init.xavier_uniform_(lin.weight)  # [REPO]: xavier_uniform_ on every *_trans layer
+        self.proj[name] = lin
 
     # ---- features ---------------------------------------------------------------------------------------------
 
@@ -140,8 +154,14 @@ class LLMRec(Recommender):
 
     @torch.no_grad()
     def _precompute_propagated_raw(self) -> None:
-        """Buffers prop_<name> = P [0; X] ([N, raw], the raw feature padded to all nodes) and prop_ones_<side>
-        = P 1_side ([N, 1]). Non-persistent: derived from the features and the graph, never checkpointed."""
+        """Buffers prop_<name> = P [0; X B^T] and prop_ones_<side> = P 1_side ([N, 1]), where B ([r, raw], buffer
+        basis_<name>) spans the rows of X when X has rank r < raw (an exact factorisation X = (X B^T) B, see
+        `row_basis`), and X itself is used otherwise. Non-persistent: derived from the features and the graph.
+
+        Propagation is linear, so P (X W^T + 1 b^T) = (P X B^T)(W B^T)^T + (P 1) b^T with P = the sum of the
+        feature hops' powers of A: each step then costs one dense [N, r] x [r, d] product per source instead of
+        sparse propagation of the projected features forward and backward. Exact whenever dropout is inactive.
+        """
         n = self.n_users + self.n_items
         cols = []
         for side in ("user", "item"):
@@ -150,12 +170,16 @@ class LLMRec(Recommender):
             cols.append(ones)
         for s in self.sources:
             x = self.raw_feature(s.name)
-            padded = x.new_zeros(n, s.dim)
+            basis = row_basis(x)
+            if basis is not None:
+                self.register_buffer(f"basis_{s.name}", basis, persistent=False)
+                x = x @ basis.t()
+            padded = x.new_zeros(n, x.shape[1])
             padded[self._side_rows(s.side)] = x
             cols.append(padded)
         # All sources at once: one sparse matmul per hop (init-time only).
         prop = self._propagate(torch.cat(cols, dim=1)) if self.sources else torch.zeros(n, 2)
-        parts = prop.split([1, 1] + [s.dim for s in self.sources], dim=1)
+        parts = prop.split([c.shape[1] for c in cols], dim=1)
         self.register_buffer("prop_ones_user", parts[0].contiguous(), persistent=False)
         self.register_buffer("prop_ones_item", parts[1].contiguous(), persistent=False)
         for s, p in zip(self.sources, parts[2:], strict=True):
@@ -205,8 +229,10 @@ class LLMRec(Recommender):
         out = {}
         for s in self.sources:
             lin = self.proj[s.name]
+            basis = getattr(self, f"basis_{s.name}", None)
+            weight = lin.weight if basis is None else lin.weight @ basis.t()  # [d, r]: W B^T
             f = torch.addmm(getattr(self, f"prop_ones_{s.side}") * lin.bias, getattr(self, f"prop_{s.name}"),
-                            lin.weight.t())
+                            weight.t())
             if masks is not None and self.mae is not None and s.side in masks and s.name in self.mae.sources:
                 if s.side not in cols:
                     idx = torch.nonzero(masks[s.side]).squeeze(1)

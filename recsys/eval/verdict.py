@@ -1,0 +1,92 @@
+"""The answer a user runs llmrec for: did augmentation make the recommender better, by how much, with what
+confidence, at what cost — in one sentence chosen from the numbers, and the same comparison by user group.
+
+User groups are the quartiles of the number of training interactions per user: LLMRec's claim is about sparse
+data (paper §1 and Table 1: about 5 training interactions per user), so the sparsest quartile is where
+augmentation should help most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from recsys.eval.report import metrics_frame, paired_p
+
+ALPHA = 0.05  # significance level of the paired t-test behind the verdict
+
+
+def quartile_groups(n_train: pd.Series) -> pd.Series:
+    """A label per user (index kept) for the quartile of its training-interaction count, e.g. "Q1 (1-33 train)".
+
+    Quartile edges come from the counts themselves (pandas.qcut); equal edges merge, so a dataset where every user
+    has the same count (a capped split) has one group. Labels sort from the sparsest group to the densest.
+    """
+    counts = n_train.astype("int64")
+    bins = pd.qcut(counts, 4, labels=False, duplicates="drop") if counts.nunique() > 1 else pd.Series(0, counts.index)
+    labels = {}
+    for q, members in counts.groupby(bins):
+        labels[q] = f"Q{int(q) + 1} ({members.min()}-{members.max()} train)"
+    return bins.map(labels).astype("string")
+
+
+def group_rows(variant: str, seed: int, per_user: pd.DataFrame, groups: pd.Series) -> list[dict]:
+    """Rows of the long metrics table (split "test", one per group, metric, k) from one model's per-user test
+    metrics. per_user: user_id plus one column per "metric@k"; groups: user_id -> group label."""
+    frame = per_user.set_index("user_id")
+    label = groups.reindex(frame.index)
+    rows = []
+    for group, part in frame.groupby(label, sort=True):
+        for name in part.columns:
+            metric, _, k = name.partition("@")
+            rows.append({"variant": variant, "seed": int(seed), "split": "test", "group": str(group),
+                         "metric": metric, "k": int(k), "value": float(part[name].mean())})
+    return rows
+
+
+def group_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
+    """The long table of `group_rows`: variant, seed, split, metric, k, value, group."""
+    frame = metrics_frame([{k: v for k, v in r.items() if k != "group"} for r in rows])
+    frame["group"] = pd.Series([r["group"] for r in rows], dtype="string")
+    return frame
+
+
+def compare(frame: pd.DataFrame, baseline: str, variant: str, metric: str = "recall", k: int = 20,
+            split: str = "test") -> dict[str, float]:
+    """`variant` against `baseline` on one metric over the seeds both have: n, means, relative change of the
+    means, the paired t-test p-value (NaN with fewer than 2 seeds)."""
+    part = frame[(frame["split"] == split) & (frame["metric"] == metric) & (frame["k"] == k)]
+    base = part[part["variant"] == baseline].groupby("seed")["value"].mean()
+    other = part[part["variant"] == variant].groupby("seed")["value"].mean()
+    seeds = base.index.intersection(other.index)
+    b, o = base[seeds].to_numpy(), other[seeds].to_numpy()
+    mean_b, mean_o = (float(b.mean()), float(o.mean())) if len(seeds) else (float("nan"), float("nan"))
+    rel = mean_o / mean_b - 1.0 if len(seeds) and mean_b else float("nan")
+    return {"n": len(seeds), "baseline": mean_b, "variant": mean_o, "rel": rel, "p": paired_p(o, b)}
+
+
+def verdict_sentence(frame: pd.DataFrame, baseline: str, variant: str, *, cost_usd: float | None = None,
+                     metric: str = "recall", k: int = 20, what: str = "LLM augmentation") -> str:
+    """One plain sentence, chosen from the numbers: improved / made worse (paired t-test p < 0.05 over seeds) or
+    did not measurably change test metric@k, with the relative change, p, the number of seeds and the cost.
+
+    E.g. "LLM augmentation did not measurably change test Recall@20 (-3.1 %, p = 0.21, 5 seeds; cost $0.59)."
+    """
+    c = compare(frame, baseline, variant, metric, k)
+    name = {"recall": "Recall", "ndcg": "NDCG", "precision": "Precision", "hit": "HitRate"}.get(metric, metric)
+    target = f"test {name}@{k}"
+    cost = "" if cost_usd is None else f"; cost ${cost_usd:.2f}"
+    if c["n"] == 0 or np.isnan(c["rel"]):
+        return f"{what}: no {target} to compare ({variant} or {baseline} was not evaluated)."
+    change = f"{c['rel'] * 100:+.1f} %"
+    if c["n"] < 2:
+        return (f"{what} changed {target} by {change} on a single seed: no significance test, so no verdict "
+                f"(run with more seeds){cost}.")
+    stats = f"({change}, p = {c['p']:.2g}, {c['n']} seeds{cost})"
+    if c["p"] < ALPHA and c["rel"] > 0:
+        return f"{what} improved {target} {stats}."
+    if c["p"] < ALPHA and c["rel"] < 0:
+        return f"{what} made {target} worse {stats}."
+    return f"{what} did not measurably change {target} {stats}."

@@ -1,0 +1,1 @@
+"""Hyperparameter search on validation (`llmrec tune`): search spaces and Optuna study helpers."""
