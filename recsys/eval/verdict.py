@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from recsys.eval.report import metrics_frame, paired_p
+from recsys.eval.report import SHORT, metrics_frame, paired_p
 
 ALPHA = 0.05  # significance level of the paired t-test behind the verdict
 
@@ -42,14 +42,15 @@ def group_rows(variant: str, seed: int, per_user: pd.DataFrame, groups: pd.Serie
         for name in part.columns:
             metric, _, k = name.partition("@")
             rows.append({"variant": variant, "seed": int(seed), "split": "test", "group": str(group),
-                         "metric": metric, "k": int(k), "value": float(part[name].mean())})
+                         "users": len(part), "metric": metric, "k": int(k), "value": float(part[name].mean())})
     return rows
 
 
 def group_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
-    """The long table of `group_rows`: variant, seed, split, metric, k, value, group."""
-    frame = metrics_frame([{k: v for k, v in r.items() if k != "group"} for r in rows])
+    """The long table of `group_rows`: variant, seed, split, metric, k, value, group, users."""
+    frame = metrics_frame([{k: v for k, v in r.items() if k not in ("group", "users")} for r in rows])
     frame["group"] = pd.Series([r["group"] for r in rows], dtype="string")
+    frame["users"] = pd.Series([r["users"] for r in rows], dtype="int64")
     return frame
 
 
@@ -90,3 +91,28 @@ def verdict_sentence(frame: pd.DataFrame, baseline: str, variant: str, *, cost_u
     if c["p"] < ALPHA and c["rel"] < 0:
         return f"{what} made {target} worse {stats}."
     return f"{what} did not measurably change {target} {stats}."
+
+
+def group_markdown(groups: pd.DataFrame, baseline: str, metrics: Sequence[tuple[str, int]] = (("recall", 20),
+                                                                                                ("ndcg", 20))
+                   ) -> list[str]:
+    """Markdown lines: per user group (rows) and variant, mean ± std over seeds of each metric on test, with the
+    relative change against `baseline` and the paired t-test p over seeds (`group_frame` rows in)."""
+    variants = list(dict.fromkeys([baseline, *groups["variant"]]))
+    head = ["group", "users", "variant"] + [f"{SHORT.get(m, m)}@{k}" for m, k in metrics]
+    head += [f"Δ {SHORT.get(m, m)}@{k}" for m, k in metrics] + [f"p {SHORT.get(m, m)}@{k}" for m, k in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group, part in groups.groupby("group", sort=True):
+        users = int(part["users"].iloc[0]) if "users" in part else ""
+        for variant in variants:
+            if not (part["variant"] == variant).any():
+                continue
+            cells = [str(group), str(users), variant]
+            stats = [compare(part, baseline, variant, m, k) for m, k in metrics]
+            for (m, k) in metrics:
+                v = part[(part["variant"] == variant) & (part["metric"] == m) & (part["k"] == k)]["value"]
+                cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f}")
+            cells += ["" if variant == baseline or np.isnan(c["rel"]) else f"{c['rel']:+.1%}" for c in stats]
+            cells += ["" if variant == baseline or np.isnan(c["p"]) else f"{c['p']:.2g}" for c in stats]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
