@@ -6,8 +6,9 @@ change ("llmrec") has exactly the full model's inputs and therefore its cache ke
 `llmrec run` and by `llmrec ablate` is one artifact.
 
 Names follow the paper (w/o-u-i, w/o-u, w/o-i, w/o-u&i, w/o-prune, w/o-QC), plus w/o-MAE (the QC mechanism's
-other half alone) and prune-highest: Eq. 7 as written keeps the highest-loss terms ("lowest" in LLMRecConfig,
-as the official code); prune-highest keeps the lowest-loss ones, so a report shows both ends of the pruning rule.
+other half alone), prune-highest (Eq. 7 as written keeps the highest-loss terms, "lowest" in LLMRecConfig, as the
+official code; prune-highest keeps the lowest-loss ones, so a report shows both ends of the pruning rule) and
+w/o-all, every augmentation off: the consistency check that LLMRec without augmentation is its backbone.
 This module imports no torch and no prefect (the CLI reads it to check names).
 """
 
@@ -24,7 +25,7 @@ FULL = "llmrec"
 # Which feature sources belong to which LLM strategy (source names as produced by the embedding stage).
 PROFILE_PREFIX = "user_profile"
 ATTRIBUTE_PREFIX = "item_attr_"
-FEATURE_GROUPS = ("profile", "attribute")
+FEATURE_GROUPS = ("profile", "attribute", "other")
 
 
 def source_group(source: str) -> str:
@@ -43,7 +44,7 @@ class Variant:
     name: str
     description: str
     use_edges: bool = True  # train on the LLM's augmented u-i edges (Eq. 6)
-    drop_features: tuple[str, ...] = ()  # feature groups left out: "profile", "attribute"
+    drop_features: tuple[str, ...] = ()  # feature groups left out: "profile", "attribute", "other" (item text)
     overrides: Mapping[str, Any] = field(default_factory=dict)  # LLMRecConfig fields set by this variant
 
     def __post_init__(self) -> None:
@@ -79,6 +80,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("w/o-QC", "no quality constraint: neither pruning nor MAE", overrides={"prune": False, "mae": False}),
     Variant("prune-highest", "pruning keeps the lowest-loss terms (the other end of Eq. 7)",
             overrides={"prune_keep": "highest"}),
+    Variant("w/o-all", "every augmentation off (no edges, no feature, no pruning, no MAE): LLMRec reduced to its "
+            "backbone, which must score exactly as the baseline", use_edges=False,
+            drop_features=FEATURE_GROUPS, overrides={"prune": False, "mae": False}),
 )}
 
 

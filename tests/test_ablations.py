@@ -15,7 +15,7 @@ ATTRS = {"item_attr_director", "item_attr_country", "item_attr_language"}
 
 def test_paper_variants_and_what_they_use() -> None:
     assert set(VARIANTS) == {"llmrec", "w/o-u-i", "w/o-u", "w/o-i", "w/o-u&i", "w/o-prune", "w/o-MAE", "w/o-QC",
-                             "prune-highest"}
+                             "prune-highest", "w/o-all"}
     base = LLMRecConfig()
     expected = {  # variant: (uses edges, feature sources, prune, mae, prune_keep)
         "llmrec": (True, set(FEATURES), True, True, "lowest"),
@@ -27,6 +27,7 @@ def test_paper_variants_and_what_they_use() -> None:
         "w/o-MAE": (True, set(FEATURES), True, False, "lowest"),
         "w/o-QC": (True, set(FEATURES), False, False, "lowest"),
         "prune-highest": (True, set(FEATURES), True, True, "highest"),
+        "w/o-all": (False, set(), False, False, "lowest"),
     }
     for name, (edges, sources, prune, mae, keep) in expected.items():
         v = get_variant(name)
@@ -46,7 +47,7 @@ def test_no_edges_at_all_stays_none() -> None:
 
 
 def test_unknown_names_list_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown variant 'w/o-x'; known variants: llmrec, w/o-u-i, .*prune-highest"):
+    with pytest.raises(ValueError, match=r"unknown variant 'w/o-x'; known variants: llmrec, w/o-u-i, .*w/o-all"):
         get_variant("w/o-x")
     with pytest.raises(ValueError, match="w/o-x"):
         parse_variants("llmrec, w/o-x")
