@@ -1,18 +1,24 @@
-"""Seconds per training epoch of LLMRec vs plain LightGCN on synthetic ML-100K-sized data (a measurement, not a test).
+"""Seconds per training epoch of LLMRec vs plain LightGCN on ML-100K-sized data (a measurement, not a test).
 
-943 users x 1682 items, 80k distinct random train pairs, batch 2048 (~40 batches/epoch), random features: item_text
-plus three item_attr_* fields and a user_profile, each `dim` wide (384 = the local embedder, 1536 = OpenAI ada).
-Every model trains through the real `fit` loop (fused Adam); the evaluation pass is excluded from the timing.
-Prints the median s/epoch of each setting (timings on a shared machine are noisy: compare ratios within one run).
+Synthetic (default): 943 users x 1682 items, 80k distinct random train pairs, batch 2048 (~40 batches/epoch),
+random full-rank features: item_text plus three item_attr_* fields and a user_profile, each `dim` wide (384 = the
+local embedder, 1536 = OpenAI ada) -- the worst case for the principal-basis reduction. With `--run-dir` (the output
+folder of an `llmrec run`, whose config.json names its split and feature artifacts): the real split and the real
+embedded features of that run. Every model trains through the real `fit` loop (fused Adam); the evaluation pass is
+excluded from the timing. Prints the median s/epoch of each setting (timings on a shared machine are noisy:
+compare ratios within one run).
 
     python bench/llmrec_epoch.py --epochs 5 --threads 2 --dims 384 1536
+    python bench/llmrec_epoch.py --run-dir runs/llmrec --energies 1.0 0.99
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,33 +70,56 @@ def seconds_per_epoch(model: torch.nn.Module, data: DenseSplit, epochs: int, thr
     return statistics.median(times[1:] if len(times) > 2 else times)  # the first epoch warms up allocators
 
 
+def real_inputs(run_dir: Path) -> tuple[DenseSplit, dict[str, dict[str, torch.Tensor]], AugmentedEdges]:
+    """The split, the embedded features (as one setting, "real") and the augmented edges of an `llmrec run`."""
+    import pandas as pd
+
+    from storage.store import ArtifactStore
+    from tasks.common import read_dense_split
+    from tasks.llmrec import read_features
+
+    doc = json.loads((run_dir / "config.json").read_text())
+    store = ArtifactStore(doc["store"])
+    data, ids = read_dense_split(store, doc["artifacts"]["split"])
+    feats, _ = read_features(store, doc["artifacts"]["features"], ids)
+    edges = pd.read_parquet(run_dir / "augment" / "augmented_edges.parquet")
+    return data, {"real": feats}, AugmentedEdges.from_frame(edges, ids)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dims", type=int, nargs="+", default=[384, 1536])
+    ap.add_argument("--dims", type=int, nargs="+", default=[384, 1536], help="synthetic feature widths")
+    ap.add_argument("--run-dir", type=Path, help="an `llmrec run` output folder: its split and features instead")
+    ap.add_argument("--energies", type=float, nargs="+", default=[LLMRecConfig().feature_energy],
+                    help="LLMRecConfig.feature_energy values to time")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    data = synthetic_data()
-    aug = synthetic_augmented()
+    if args.run_dir:
+        data, feature_sets, aug = real_inputs(args.run_dir)
+    else:
+        data, aug = synthetic_data(), synthetic_augmented()
+        feature_sets = {f"d={dim}": synthetic_features(dim) for dim in args.dims}
     rows: list[tuple[str, float]] = []
     t0 = time.perf_counter()
     lgcn = build_model(ModelConfig(name="lightgcn", embedding_dim=64, n_layers=3), data, seed=0)
     rows.append(("lightgcn", seconds_per_epoch(lgcn, data, args.epochs, args.threads)))
-    print(f"{rows[-1][0]:<40} {rows[-1][1]:.3f} s/epoch", flush=True)
-    for dim in args.dims:
-        feats = synthetic_features(dim)
-        settings = {
-            f"llmrec d={dim} (no aug, no MAE)": (LLMRecConfig(mae=False, omega3=0.0, prune=False), None),
-            f"llmrec d={dim} (full: aug+prune+MAE)": (LLMRecConfig(), aug),
-        }
-        for name, (cfg, augmented) in settings.items():
-            model = build_llmrec(cfg, data, feats, augmented=augmented, seed=0)
-            rows.append((name, seconds_per_epoch(model, data, args.epochs, args.threads)))
-            print(f"{name:<40} {rows[-1][1]:.3f} s/epoch ({rows[-1][1] / rows[0][1]:.1f}x lightgcn)", flush=True)
+    print(f"{rows[-1][0]:<50} {rows[-1][1]:.3f} s/epoch", flush=True)
+    for label, feats in feature_sets.items():
+        for energy in args.energies:
+            settings = {
+                f"llmrec {label} energy {energy:g} (no aug, no MAE)":
+                    (LLMRecConfig(mae=False, omega3=0.0, prune=False, feature_energy=energy), None),
+                f"llmrec {label} energy {energy:g} (full: aug+prune+MAE)": (LLMRecConfig(feature_energy=energy), aug),
+            }
+            for name, (cfg, augmented) in settings.items():
+                model = build_llmrec(cfg, data, feats, augmented=augmented, seed=0)
+                rows.append((name, seconds_per_epoch(model, data, args.epochs, args.threads)))
+                print(f"{name:<50} {rows[-1][1]:.3f} s/epoch ({rows[-1][1] / rows[0][1]:.1f}x lightgcn)", flush=True)
     print("\n| setting | median s/epoch | x LightGCN |\n|---|---|---|")
-    for name, s in rows:
-        print(f"| {name} | {s:.3f} | {s / rows[0][1]:.1f} |")
+    for name, sec in rows:
+        print(f"| {name} | {sec:.3f} | {sec / rows[0][1]:.1f} |")
     print(f"\n(threads={args.threads}, epochs={args.epochs}, torch {torch.__version__}, "
           f"total {time.perf_counter() - t0:.0f}s)")
 

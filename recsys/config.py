@@ -237,6 +237,11 @@ class LLMRecConfig(_Config):
     feature_hops: int = Field(2, ge=1)
     # [REPO] never adds a node's own projected feature directly (reference notes A.8.5); True adds hop 0 too.
     feature_include_self: bool = False
+    # Each feature source is reduced to its top principal directions (uncentred SVD) holding this share of its
+    # energy before projection: LLM attributes take few distinct values (rank <= their number of values) and the
+    # rest is mostly noise, so training multiplies far smaller matrices (bench/llmrec_epoch.py). 1.0 keeps every
+    # direction (then only exact rank deficiency is removed, and the model is the paper's Linear(raw -> d)).
+    feature_energy: float = Field(0.99, gt=0.0, le=1.0)
 
     # Fusion h = e + sum_k w_k * f_k / ||f_k|| (paper §3.2.2). "paper": one w_k = omega1 for every source;
     # "official": [REPO]'s three scales by source group (modal / profile / attribute).

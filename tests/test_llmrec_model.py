@@ -13,7 +13,7 @@ from recsys.config import EvalConfig, LLMRecConfig, ModelConfig, TrainConfig
 from recsys.data.dataset import DenseSplit, IdMap
 from recsys.eval.ranking import evaluate
 from recsys.models.factory import build_model
-from recsys.models.llmrec import build_llmrec, feature_group
+from recsys.models.llmrec import build_llmrec, feature_group, principal_basis
 from recsys.train.augmented import AugmentedEdges, n_kept, prune_log_sigmoid, pruned_bpr, sample_augmented
 from recsys.train.trainer import fit
 
@@ -403,16 +403,17 @@ def test_active_dropout_takes_the_reference_path_and_eval_the_fast_one() -> None
 
 def test_low_rank_features_are_factored_exactly() -> None:
     """An attribute with few distinct values (rank 2 of 24 dims) trains on [N, 2] products, with the same
-    features, loss and gradients as the straightforward path; a full-rank source is left as it is."""
+    features, loss and gradients as the straightforward path; a full-rank source is left as it is (energy 1.0)."""
     data = checkerboard()
     g = torch.Generator().manual_seed(5)
     values = torch.randn(2, 24, generator=g)  # e.g. two countries
     feats = {"item_attr_country": values[(torch.arange(N_ITEMS) % 3 == 0).long()],
-             "item_text": torch.randn(N_ITEMS, 24, generator=g)}
-    c = cfg(mask_rate=0.3, mae_weight=0.5)
+             "item_text": torch.randn(N_ITEMS, 16, generator=g)}  # full rank 16
+    c = cfg(mask_rate=0.3, mae_weight=0.5, feature_energy=1.0)
     fast = build_llmrec(c, data, feats, seed=0).train()
     assert fast.prop_item_attr_country.shape == (N_USERS + N_ITEMS, 2)
     assert fast.basis_item_attr_country.shape == (2, 24) and not hasattr(fast, "basis_item_text")
+    torch.testing.assert_close(fast.raw_feature("item_attr_country"), feats["item_attr_country"])  # exact
     ref = _reference(build_llmrec(c, data, feats, seed=0).train())
     ref.load_state_dict(fast.state_dict())
     u, p = torch.from_numpy(data.train[:, 0]), torch.from_numpy(data.train[:, 1])
@@ -425,3 +426,15 @@ def test_low_rank_features_are_factored_exactly() -> None:
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
     for k, g_fast in grads[0][1].items():
         torch.testing.assert_close(g_fast, grads[1][1][k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_principal_basis_keeps_the_asked_energy() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=g) @ torch.randn(4, 32, generator=g) + 0.01 * torch.randn(200, 32, generator=g)
+    for energy in (0.5, 0.9, 0.999):
+        basis = principal_basis(x, energy)
+        assert basis is not None and basis.shape[1] == 32
+        torch.testing.assert_close(basis @ basis.t(), torch.eye(basis.shape[0]), rtol=1e-5, atol=1e-5)
+        kept = float(((x @ basis.t()) ** 2).sum() / (x**2).sum())
+        assert kept >= energy and basis.shape[0] <= 4 + (energy > 0.99)  # the noise floor is left out
+    assert principal_basis(torch.randn(50, 8, generator=g), 1.0) is None  # full rank: nothing to save

@@ -54,21 +54,25 @@ def feature_group(name: str) -> tuple[Side, Group]:
     return m.group(1), _KINDS[m.group(2)]  # type: ignore[return-value]
 
 
-LOW_RANK_RTOL = 1e-6  # singular values below this fraction of the largest count as zero (float64 SVD)
+EXACT_RTOL = 1e-6  # singular values below this fraction of the largest are zero (a float64 SVD of float32 data)
 
 
-def row_basis(x: Tensor) -> Tensor | None:
-    """An orthonormal basis B [r, raw] of the row space of x [n, raw] when its rank r is at most half of raw, so
-    that x = (x B^T) B up to float rounding; None when x has (nearly) full rank and factoring it would save little.
+def principal_basis(x: Tensor, energy: float) -> Tensor | None:
+    """An orthonormal basis B [r, raw] of the top right-singular directions of x [n, raw] that hold `energy` of
+    its squared singular values (every direction above float noise when energy is 1.0); None when that takes all
+    raw directions, i.e. nothing is saved.
 
-    LLM attributes take few distinct values (a country, a language), so their embeddings have low rank: training
-    then multiplies [N, r] instead of [N, raw] matrices, with the same results.
+    x B^T B is then the rank-r approximation of x (exactly x when x has rank r): LLM attributes take few distinct
+    values, so their embeddings have low rank, and the projection can multiply [N, r] instead of [N, raw].
     """
     if x.shape[0] == 0 or x.shape[1] < 2:
         return None
     _, sv, vh = torch.linalg.svd(x.to(torch.float64), full_matrices=False)
-    rank = int((sv > sv[0] * LOW_RANK_RTOL).sum()) if float(sv[0]) > 0 else 0
-    return vh[: max(rank, 1)].to(torch.float32).contiguous() if 2 * rank <= x.shape[1] else None
+    if float(sv[0]) == 0.0:
+        return None
+    share = torch.cumsum(sv**2, 0) / (sv**2).sum()
+    rank = min(int((sv > sv[0] * EXACT_RTOL).sum()), int((share < energy - 1e-12).sum()) + 1)
+    return vh[:rank].to(torch.float32).contiguous() if rank < x.shape[1] else None
 
 
 class LLMRec(Recommender):
@@ -128,8 +132,14 @@ class LLMRec(Recommender):
         scale = cfg.omega1 if cfg.fusion == "paper" else {
             "modal": cfg.modal_scale, "profile": cfg.profile_scale, "attribute": cfg.attribute_scale}[group]
         self.sources.append(FeatureSource(name, side, group, int(x.shape[1]), float(scale)))
-        # A float32 copy (detach().clone()), so nothing done here can reach the caller's tensor.
-        self.register_buffer(f"feat_{name}", x.detach().to(torch.float32).clone(), persistent=False)
+        # A float32 copy (detach().clone()), so nothing done here can reach the caller's tensor; reduced to its
+        # principal directions (`principal_basis`), so that every path (and the MAE's targets) sees the same X.
+        x = x.detach().to(torch.float32).clone()
+        basis = principal_basis(x, cfg.feature_energy)
+        if basis is not None:
+            self.register_buffer(f"basis_{name}", basis, persistent=False)
+            x = (x @ basis.t()) @ basis
+        self.register_buffer(f"feat_{name}", x, persistent=False)
         lin = nn.Linear(int(x.shape[1]), cfg.embedding_dim)
         nn.init.xavier_uniform_(lin.weight)  # [REPO]: xavier_uniform_ on every *_trans layer
         self.proj[name] = lin
@@ -154,13 +164,13 @@ class LLMRec(Recommender):
 
     @torch.no_grad()
     def _precompute_propagated_raw(self) -> None:
-        """Buffers prop_<name> = P [0; X B^T] and prop_ones_<side> = P 1_side ([N, 1]), where B ([r, raw], buffer
-        basis_<name>) spans the rows of X when X has rank r < raw (an exact factorisation X = (X B^T) B, see
-        `row_basis`), and X itself is used otherwise. Non-persistent: derived from the features and the graph.
+        """Buffers coords_<name> = X B^T, prop_<name> = P [0; X B^T] ([N, r]) and prop_ones_<side> = P 1_side ([N, 1]), with B the source's
+        principal basis (buffer basis_<name>, [r, raw]; the identity when it has none, so X itself). Non-persistent:
+        derived from the features and the graph, never checkpointed.
 
-        Propagation is linear, so P (X W^T + 1 b^T) = (P X B^T)(W B^T)^T + (P 1) b^T with P = the sum of the
-        feature hops' powers of A: each step then costs one dense [N, r] x [r, d] product per source instead of
-        sparse propagation of the projected features forward and backward. Exact whenever dropout is inactive.
+        Propagation is linear and X = (X B^T) B, so P (X W^T + 1 b^T) = (P X B^T)(W B^T)^T + (P 1) b^T with P the
+        sum of the feature hops' powers of A: each step costs one dense [N, r] x [r, d] product per source instead
+        of sparse propagation of the projected features forward and backward. Exact whenever dropout is inactive.
         """
         n = self.n_users + self.n_items
         cols = []
@@ -170,10 +180,10 @@ class LLMRec(Recommender):
             cols.append(ones)
         for s in self.sources:
             x = self.raw_feature(s.name)
-            basis = row_basis(x)
+            basis = getattr(self, f"basis_{s.name}", None)
             if basis is not None:
-                self.register_buffer(f"basis_{s.name}", basis, persistent=False)
                 x = x @ basis.t()
+            self.register_buffer(f"coords_{s.name}", x, persistent=False)  # X_c: X = X_c B
             padded = x.new_zeros(n, x.shape[1])
             padded[self._side_rows(s.side)] = x
             cols.append(padded)
@@ -185,29 +195,6 @@ class LLMRec(Recommender):
         for s, p in zip(self.sources, parts[2:], strict=True):
             self.register_buffer(f"prop_{s.name}", p.contiguous(), persistent=False)
 
-    @torch.no_grad()
-    def _mask_columns(self, side: Side, idx: Tensor) -> Tensor:
-        """P E ([N, k]) for E the one-hot columns of the masked nodes idx (side-local ids) of one side."""
-        n, k = self.n_users + self.n_items, idx.numel()
-        nodes = idx + (0 if side == "user" else self.n_users)
-        cols = torch.arange(k, device=idx.device)
-        # Hop 1 without a sparse matmul: A symmetric, so A E_M = A[:, M] = A[M, :]^T, gathered from the CSR rows.
-        crow, col, val = self.adj.crow_indices(), self.adj.col_indices(), self.adj.values()
-        starts, counts = crow[nodes], crow[nodes + 1] - crow[nodes]
-        owner = torch.repeat_interleave(cols, counts)
-        first = torch.cumsum(counts, 0) - counts  # offset of each masked node's run in the gathered entries
-        pos = starts[owner] + torch.arange(owner.numel(), device=idx.device) - first[owner]
-        h = val.new_zeros(n, k)
-        h[col[pos], owner] = val[pos]
-        total = h
-        if self.cfg.feature_include_self:
-            total = h.clone()
-            total[nodes, cols] += 1.0
-        for _ in range(self.cfg.feature_hops - 1):
-            h = self.adj @ h
-            total = total + h
-        return total
-
     def _fast_path(self) -> bool:
         return not (self.training and self.dropout.p > 0.0)
 
@@ -218,32 +205,58 @@ class LLMRec(Recommender):
 
         While dropout is inactive (p = 0, or eval mode) this is P (X' W^T + 1 b^T) = (P X) W^T + (P 1) b^T +
         P E_M ((t - X_M) W^T), X' being X with the masked rows M replaced by the token t: P X and P 1 are
-        precomputed and P E_M (the masked nodes' columns of P, [N, |M|]) is one small propagation per side.
-        With dropout active it projects, drops out, then propagates (`_propagated_features_reference`).
+        precomputed, and the masked rows' corrections E_M ((t - X_M) W^T) (zero but for |M| rows) of every masked
+        source are propagated together, one sparse matmul per hop. With dropout active it projects, drops out,
+        then propagates (`_propagated_features_reference`).
         """
         if not self.sources:
             return {}
         if not self._fast_path():
             return self._propagated_features_reference(masks)
-        cols: dict[str, tuple[Tensor, Tensor]] = {}  # side -> (masked ids, P E_M)
         out = {}
         for s in self.sources:
             lin = self.proj[s.name]
             basis = getattr(self, f"basis_{s.name}", None)
             weight = lin.weight if basis is None else lin.weight @ basis.t()  # [d, r]: W B^T
-            f = torch.addmm(getattr(self, f"prop_ones_{s.side}") * lin.bias, getattr(self, f"prop_{s.name}"),
-                            weight.t())
-            if masks is not None and self.mae is not None and s.side in masks and s.name in self.mae.sources:
-                if s.side not in cols:
-                    idx = torch.nonzero(masks[s.side]).squeeze(1)
-                    cols[s.side] = (idx, self._mask_columns(s.side, idx))
-                idx, pe = cols[s.side]
-                if idx.numel():
-                    x = self.raw_feature(s.name)
-                    token = self.mae.token(s.name, x)
-                    delta = F.linear(token.unsqueeze(0) - x.index_select(0, idx), lin.weight)  # [|M|, d]
-                    f = torch.addmm(f, pe, delta)
-            out[s.name] = f
+            out[s.name] = torch.addmm(getattr(self, f"prop_ones_{s.side}") * lin.bias,
+                                      getattr(self, f"prop_{s.name}"), weight.t())
+        if masks is not None and self.mae is not None:
+            for name, correction in self._mask_corrections(masks).items():
+                out[name] = out[name] + correction
+        return out
+
+    def _mask_corrections(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Per masked source, P E_M ((t - X_M) W^T) ([N, d]): what replacing the masked rows of X by the token t
+        changes in the propagated feature. With X = X_c B (X_c: the coordinates in the source's principal basis,
+        `coords_<name>`) this is (P m)(t W^T) - P (m * X_c) (W B^T)^T, m the side's mask as a column: the
+        propagated parts depend on the masks alone, so one no-grad propagation of [N, 2 + sum r] serves every
+        source, however many nodes are masked."""
+        assert self.mae is not None
+        sources = [s for s in self.sources if s.name in self.mae.sources and s.side in masks]
+        if not sources:
+            return {}
+        n = self.n_users + self.n_items
+        with torch.no_grad():
+            blocks = []
+            for side in ("user", "item"):
+                m = self.prop_ones_user.new_zeros(n, 1)
+                if side in masks:
+                    m[self._side_rows(side), 0] = masks[side].to(m.dtype)
+                blocks.append(m)
+            for s in sources:
+                xc = getattr(self, f"coords_{s.name}")
+                z = xc.new_zeros(n, xc.shape[1])
+                z[self._side_rows(s.side)] = xc * masks[s.side].unsqueeze(1).to(xc.dtype)
+                blocks.append(z)
+            prop = self._propagate(torch.cat(blocks, dim=1)).split([b.shape[1] for b in blocks], dim=1)
+        masked_share = {"user": prop[0], "item": prop[1]}
+        out = {}
+        for s, pmx in zip(sources, prop[2:], strict=True):
+            lin = self.proj[s.name]
+            basis = getattr(self, f"basis_{s.name}", None)
+            weight = lin.weight if basis is None else lin.weight @ basis.t()
+            token = F.linear(self.mae.token(s.name, self.raw_feature(s.name)), lin.weight)  # t W^T: [d]
+            out[s.name] = torch.addmm(masked_share[s.side] * token, pmx, weight.t(), alpha=-1.0)
         return out
 
     def _propagated_features_reference(self, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
