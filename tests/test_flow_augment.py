@@ -95,7 +95,7 @@ def test_rerun_asks_only_failed_batches_and_ledger_matches_server(small_movielen
         cost = Artifact.get("augment-cost")  # the run's Prefect artifact: calls, cost and failures per stage
         table = {r["stage"]: r for r in (json.loads(cost.data) if isinstance(cost.data, str) else cost.data)}
         assert table["edges"]["failed_items"] + table["profiles"]["failed_items"] == len(failed)
-        assert table["edges"]["errors"] > 0 and table["edges"]["http_calls"] > 0
+        assert table["edges"]["failed_calls"] > 0 and table["edges"]["calls"] > 0
 
         server.set_faults()  # the endpoint recovers
         server.reset()

@@ -16,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 from typer.testing import CliRunner
 
-from flows.augment import OUTPUT_FILES, _check_runner, run_augment
+from flows.augment import _check_runner, run_augment
 from flows.cli import app
 from flows.dask_workers import LlmrecDaskTaskRunner, profiler_running
 from flows.embed import run_embed
@@ -33,6 +33,7 @@ from recsys.config import (
 )
 from storage.ledger import read_ledger
 from storage.store import ArtifactStore
+from tasks.augment import OUTPUT_FILES
 from tasks.embed import read_embeddings
 from tests.llm_server import start_llm_server
 from tests.prefect_server import running_prefect_server
