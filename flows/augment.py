@@ -124,10 +124,7 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
     root = str(store_root or default_store_dir())
     refs = base_flow(config=config.base(), store_root=root)["refs"]  # the base model and its candidates
     budget = Budget(config.augment.max_cost_usd, str(store_ledger_root(root)), str(flow_run.id))
-    batches: dict[str, list[str]] = {}
-    rows: dict[str, int] = {}
-    failures: list[pd.DataFrame] = []
-    problems: list[str] = []
+    batches, rows, failures, problems = {}, {}, [], []  # per stage: batch refs, rows written; failures; problems
     for stage in config.augment.stages:
         ids = bind(plan_batches, root)(root, stage, refs["dataset"], refs["split"], refs["candidates"],
                                        config.augment)

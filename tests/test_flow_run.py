@@ -33,7 +33,7 @@ from recsys.config import (
 from recsys.eval.report import COLUMNS, metrics_frame, metrics_rows, report_markdown, summary_frame
 from tests.llm_server import start_llm_server
 
-UNCACHED = ("plan-batches", "collect-stage")  # cheap bookkeeping tasks with no content key
+UNCACHED = ("plan-batches", "collect-stage", "close-run")  # bookkeeping tasks with no content key
 SUBFLOWS = re.compile(r"^(base|augment|embed)-\d+$")  # the task runs that stand for subflow runs in their parent
 
 
