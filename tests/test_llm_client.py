@@ -27,11 +27,11 @@ from recsys.llm.client import (
     LLMClient,
     LLMConfigError,
     UsageEvent,
-    parse_retry_after,
     resolve_endpoint,
 )
 from recsys.llm.limits import clear_shared_limiters
 from recsys.llm.pricing import PriceTable, cost_usd, load_price_table, price_known
+from recsys.llm.retry import parse_retry_after
 from recsys.llm.tokens import count_message_tokens, count_tokens
 from storage.ledger import LedgerWriter, read_ledger
 from tests.conftest import REPO
