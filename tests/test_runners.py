@@ -21,6 +21,7 @@ from flows.cli import app
 from flows.dask_workers import LlmrecDaskTaskRunner, profiler_running
 from flows.embed import run_embed
 from flows.runners import runner_kind, task_runner, worker_env
+from llmsim.launch import start_llm_server
 from recsys.config import (
     AugmentConfig,
     AugmentRunConfig,
@@ -34,7 +35,6 @@ from recsys.config import (
 from storage.ledger import read_ledger
 from storage.store import ArtifactStore
 from tasks.embed import read_embeddings
-from tests.llm_server import start_llm_server
 from tests.prefect_server import running_prefect_server
 
 
