@@ -148,9 +148,6 @@ class LLMServer(Process):
             self._http.close()
         super().stop(grace_s)
 
-    def __repr__(self) -> str:
-        return f"LLMServer(pid={self.pid}, base_url={getattr(self, 'base_url', None)!r})"
-
 
 def start_llm_server(*, env: Mapping[str, str] | None = None, timeout_s: float = STARTUP_TIMEOUT_S,
                      **faults: Any) -> LLMServer:

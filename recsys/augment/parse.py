@@ -200,7 +200,7 @@ def _reason(exc: ValidationError) -> str:
     return str(error) if error is not None else f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
 
 
-def validated(model: type[BaseModel], obj: Any, **context: Any) -> Any:
+def _validated(model: type[BaseModel], obj: Any, **context: Any) -> Any:
     """`model` validated from `obj` with `context`; raises InvalidAnswer with the reason."""
     try:
         return model.model_validate(obj, context=context)
@@ -210,14 +210,14 @@ def validated(model: type[BaseModel], obj: Any, **context: Any) -> Any:
 
 def validate_edges(text: str | None, ctx: UserContext) -> dict[str, int]:
     """{"pos_item_id", "neg_item_id"} (raw item ids) of a valid edges answer for `ctx`; raises InvalidAnswer."""
-    answer: EdgesAnswer = validated(EdgesAnswer, extract_json(text), user=ctx)
+    answer: EdgesAnswer = _validated(EdgesAnswer, extract_json(text), user=ctx)
     return {"pos_item_id": int(ctx.candidates[answer.liked].item_id),
             "neg_item_id": int(ctx.candidates[answer.disliked].item_id)}
 
 
 def validate_profile(text: str | None) -> dict[str, Any]:
     """The fields of a valid profile answer (gender lower-cased, strings stripped); raises InvalidAnswer."""
-    return validated(ProfileAnswer, extract_json(text)).model_dump()
+    return _validated(ProfileAnswer, extract_json(text)).model_dump()
 
 
 def validate_attributes(text: str | None, asked: Mapping[int, str]
@@ -230,7 +230,7 @@ def validate_attributes(text: str | None, asked: Mapping[int, str]
     {"items": [...]} at all raises InvalidAnswer.
     """
     entries: dict[int, list[Any]] = {item_id: [] for item_id in asked}
-    for entry in validated(AttributesAnswer, extract_json(text)).items:
+    for entry in _validated(AttributesAnswer, extract_json(text)).items:
         if isinstance(entry, dict) and _is_int(entry.get("id")) and entry["id"] in asked:
             entries[entry["id"]].append(entry)
     valid: dict[int, dict[str, str]] = {}
@@ -241,7 +241,7 @@ def validate_attributes(text: str | None, asked: Mapping[int, str]
                                 else f"item {item_id} is missing from the answer")
             continue
         try:
-            valid[item_id] = validated(ItemAttributes, found[0], title=asked[item_id]).model_dump()
+            valid[item_id] = _validated(ItemAttributes, found[0], title=asked[item_id]).model_dump()
         except InvalidAnswer as exc:
             invalid[item_id] = f"item {item_id}: {exc}"
     return valid, invalid

@@ -1,16 +1,19 @@
-"""The one LLM client: OpenAI-compatible chat completions with a response cache, rate limits and one retry layer.
+"""The one LLM client: OpenAI-compatible chat completions with a response cache, rate limits and one retry layer,
+built on `Endpoint`, which every call to an OpenAI-compatible endpoint goes through (embeddings too, in
+recsys.embed.remote).
 
 It uses the official `openai` package with only standard parameters (model, messages, temperature, top_p,
 max_tokens), so it works unchanged against OpenAI, vLLM, Ollama, llama.cpp and the local test server. The SDK's
-own retries are off (`max_retries=0`): tenacity here is the only retry layer, so attempts, waits and the usage
-record of every attempt are all in one place.
+own retries are off (`max_retries=0`): tenacity (recsys.llm.retry) is the only retry layer, so attempts, waits
+and the usage record of every attempt are all in one place.
 
-A call goes: response cache -> (per attempt) in-flight slot + RPM/TPM budget -> `before_request` hook -> HTTP ->
-usage event. The hook (e.g. a limit shared by several processes) is called once per HTTP attempt, never for a
-cache hit; whatever it raises ends the call (and is not retried). Retried:
-429, 408, 409, 5xx, timeouts, dropped connections and unparseable answers, with exponential backoff and jitter, and
-never sooner than the server's Retry-After. Not retried: other 4xx (the call's result carries the error). 401/403
-and an exhausted quota raise `LLMAuthError`, since every later call would fail the same way.
+A call goes: response cache -> (per attempt) in-flight slot + RPM/TPM budget of the limiter shared by every
+client of the same (base_url, model) in the process -> `before_request` hook -> HTTP -> usage event. The hook
+(e.g. a limit shared by several processes) is called once per HTTP attempt, never for a cache hit; whatever it
+raises ends the call (and is not retried). Retried: 429, 408, 409, 5xx, timeouts, dropped connections and
+unparseable answers, with exponential backoff and jitter, and never sooner than the server's Retry-After (a 429
+pauses the whole limiter). Not retried: other 4xx (the call's result carries the error). 401/403 and an exhausted
+quota raise `LLMAuthError`, since every later call would fail the same way.
 
 The API key is handed to the SDK and to nothing else: it is not in the cache key, a usage event, a log line or an
 error string (server messages are scrubbed of it).
@@ -119,11 +122,8 @@ def resolve_endpoint(cfg: EndpointConfig, api_key: str | None = None) -> tuple[s
 
 
 class Endpoint:
-    """One model at one OpenAI-compatible endpoint, as every call to it goes (chat in `LLMClient`, embeddings in
-    `recsys.embed.remote.RemoteEmbedder`): per attempt an in-flight slot and RPM/TPM budget of the limiter shared by
-    every client of the same (base_url, model) in the process, the `before_request` hook, the HTTP request,
-    classification of its failure (a 429 pauses the whole limiter), one usage event, and the API key scrubbed
-    from every error text; attempts are retried by the one tenacity loop of `recsys.llm.retry`."""
+    """One model at one OpenAI-compatible endpoint: the SDK client, the shared limiter, prices, the usage sink and
+    the `before_request` hook, and `call`, the only way a request is sent (see the module docstring)."""
 
     cfg: EndpointConfig
     what = "LLM"  # how retry log lines name the call
