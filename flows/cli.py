@@ -5,10 +5,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -20,6 +16,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from llmsim import MODEL_ID
+from llmsim.cli import serve_command
+from llmsim.launch import LaunchError as LLMServerError
+from llmsim.launch import start_llm_server
 from recsys.ablations import FULL as FULL_VARIANT
 from recsys.ablations import VARIANTS, parse_variants
 from recsys.config import (
@@ -237,47 +237,15 @@ def cost(
         console.print(f"wrote {plot}")
 
 
-LOCAL_MODEL = "llmrec-heuristic"  # what the local server answers as
-SERVER_START_TIMEOUT_S = 60.0
-
-
-class LLMServerError(RuntimeError):
-    """The local LLM server did not start."""
+LOCAL_MODEL = MODEL_ID  # what the local server answers as
 
 
 @contextmanager
 def local_llm_server() -> Iterator[str]:
-    """Start `python -m recsys.llm.server --port 0` (stopped again on exit, also on errors) and yield its /v1 URL,
-    read from the `listening on http://HOST:PORT` line it prints once its socket is bound."""
-    cmd = [sys.executable, "-m", "recsys.llm.server", "--host", "127.0.0.1", "--port", "0",
-           "--parent-pid", str(os.getpid())]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, text=True)
-    try:
-        url, seen = None, []
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        assert proc.stdout is not None
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:  # the server exited
-                break
-            seen.append(line)
-            if "listening on " in line:
-                url = line.rsplit("listening on ", 1)[1].strip()
-        if url is None:
-            raise LLMServerError("the local LLM server did not start:\n" + "".join(seen[-20:]))
-        # Keep draining its output so that a full pipe can never block it.
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        yield f"{url}/v1"
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """Start the local LLM server (`python -m llmsim --port 0`; stopped again on exit, also on errors) and yield
+    its /v1 URL."""
+    with start_llm_server() as server:
+        yield server.base_url
 
 
 @app.command()
@@ -396,13 +364,7 @@ def rerun(
         raise typer.Exit(code=1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
-def llm_server(ctx: typer.Context) -> None:
-    """Serve the local OpenAI-compatible endpoint (NOT a language model: transparent heuristics for offline
-    runs and tests). Options: --host, --port and fault flags; see `llmrec llm-server --help`."""
-    from recsys.llm.server import main as serve_main
-
-    raise typer.Exit(code=serve_main(ctx.args))
+app.command("llm-server")(serve_command)
 
 
 def main() -> None:

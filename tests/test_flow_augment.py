@@ -18,6 +18,7 @@ import pytest
 from prefect.artifacts import Artifact
 
 from flows.augment import AugmentFailed, augment_flow
+from llmsim.launch import start_llm_server
 from recsys.config import (
     AugmentConfig,
     AugmentRunConfig,
@@ -30,7 +31,6 @@ from recsys.config import (
 from storage.ledger import LedgerWriter, read_ledger
 from tests.conftest import REPO
 from tests.conftest import SMALL_USERS as N_USERS
-from tests.llm_server import start_llm_server
 
 
 def config(data: DataConfig, base_url: str, split: SplitConfig | None = None, llm: dict | None = None,

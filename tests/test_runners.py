@@ -21,6 +21,7 @@ from flows.cli import app
 from flows.dask_workers import LlmrecDaskTaskRunner, profiler_running
 from flows.embed import run_embed
 from flows.runners import runner_kind, task_runner, worker_env
+from llmsim.launch import start_llm_server
 from recsys.config import (
     AugmentConfig,
     AugmentRunConfig,
@@ -35,7 +36,6 @@ from storage.ledger import read_ledger
 from storage.store import ArtifactStore
 from tasks.augment import OUTPUT_FILES
 from tasks.embed import read_embeddings
-from tests.llm_server import start_llm_server
 from tests.prefect_server import running_prefect_server
 
 
