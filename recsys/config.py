@@ -213,7 +213,7 @@ class AugmentRunConfig(BaseRunConfig):
     runner: RunnerConfig = Field(default_factory=lambda: RunnerConfig())  # where batches run; in no cache key
 
     def base(self) -> BaseRunConfig:
-        """The base-stage part alone (so its cache keys equal those of `llmrec train`)."""
+        """The base-stage part alone (so its cache keys equal those of `llmrec base`)."""
         return BaseRunConfig(**{name: getattr(self, name) for name in BaseRunConfig.model_fields})
 
 
