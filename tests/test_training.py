@@ -80,6 +80,24 @@ def test_early_stopping_and_best_epoch_follow_valid() -> None:
     assert "ndcg@10" in reports[0].describe() and "best" in reports[-1].describe()
 
 
+def test_an_error_raised_by_on_epoch_leaves_fit() -> None:
+    """A callback may stop training (a pruner, an interrupted progress bar): its exception is what fit raises."""
+
+    class Pruned(Exception):
+        pass
+
+    def prune(report: EpochReport) -> None:
+        seen.append(report.epoch)
+        if report.epoch == 2:
+            raise Pruned(f"pruned at epoch {report.epoch}")
+
+    seen: list[int] = []
+    model = build_model(ModelConfig(name="mf", embedding_dim=8), checkerboard(), seed=0)
+    with pytest.raises(Pruned, match="pruned at epoch 2"):
+        fit(model, checkerboard(), quick_cfg(max_epochs=10), EVAL, on_epoch=prune)
+    assert seen == [1, 2]
+
+
 def test_eval_every_and_final_epoch() -> None:
     data = checkerboard()
     model = build_model(ModelConfig(name="mf", embedding_dim=8), data, seed=0)
