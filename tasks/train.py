@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from recsys.config import EvalConfig, ModelConfig, TrainConfig
 from recsys.data.dataset import DenseSplit
@@ -16,17 +16,15 @@ from recsys.models.base import Recommender
 from recsys.models.factory import build_model
 from recsys.train.trainer import EpochReport, FitResult, fit, resolve_device
 from storage.store import ArtifactRef, ArtifactStore
-from tasks.common import cache_key_fn, read_dense_split, stage_ref
+from tasks.common import read_dense_split, stage_ref, stage_task
 
 
-@task(name="train", cache_key_fn=cache_key_fn("train"), result_serializer="json", persist_result=True)
+@stage_task("train", name="train")
 def train_model(store_root: str, split_ref: str, model: ModelConfig, train: TrainConfig, eval: EvalConfig) -> str:
     """Train with early stopping on VALID; store the best checkpoint, the per-epoch history and a summary."""
     store = ArtifactStore(store_root)
     params = {"split_ref": split_ref, "model": model, "train": train, "eval": eval}
     ref = stage_ref("train", params)
-    if store.exists(ref):
-        return str(ref)
     data, _ = read_dense_split(store, split_ref)
     net = build_model(model, data, seed=train.seed)
     fit_and_store(store, ref, params, net, data, train.tuned_for(model.name), eval, {"model": model.name})
@@ -80,18 +78,16 @@ def load_trained(store: ArtifactStore, train_ref: str, model: ModelConfig, data:
     return net.to(resolve_device(device)).eval()
 
 
-@task(name="evaluate", cache_key_fn=cache_key_fn("evaluate"), result_serializer="json", persist_result=True)
+@stage_task("evaluate", name="evaluate")
 def evaluate_model(store_root: str, split_ref: str, train_ref: str, model: ModelConfig, eval: EvalConfig,
                    device: str = "auto") -> str:
     """Full-ranking metrics on VALID (train masked) and TEST (train and valid masked)."""
     store = ArtifactStore(store_root)
     params = {"split_ref": split_ref, "train_ref": train_ref, "model": model, "eval": eval, "device": device}
     ref = stage_ref("evaluate", params)
-    if store.exists(ref):
-        return str(ref)
     data, _ = read_dense_split(store, split_ref)
     net = load_trained(store, train_ref, model, data, device)
-    metrics = {part: evaluate(net, data, part, eval.ks) for part in ("valid", "test")}
+    metrics = {part: evaluate(net, data, part, eval.ks, eval.batch_users) for part in ("valid", "test")}
     with store.write(ref.stage, ref.key, params) as w:
         w.json("metrics", metrics)
     get_run_logger().info("test %s", _fmt(metrics["test"]))

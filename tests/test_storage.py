@@ -26,7 +26,7 @@ def test_table_roundtrip_and_manifest(tmp_path):
         w.table("train", _frame())
     ref = ArtifactRef("split", "abc123")
     assert store.exists(ref)
-    back = store.read_table(ref, "train", columns={"user_id": "int64", "item_id": "int64"})
+    back = store.read_table(ref, "train")
     pd.testing.assert_frame_equal(back, _frame())
     entry = store.manifest(ref)["artifacts"]["train"]
     assert entry["rows"] == 3
@@ -49,14 +49,33 @@ def test_schema_and_checksum_are_validated(tmp_path):
     store = ArtifactStore(tmp_path)
     with store.write("split", "k2") as w:
         w.table("train", _frame())
-    with pytest.raises(ArtifactError, match="expected columns"):
-        store.read_table("split/k2", "train", columns={"user_id": "string"})
     path = store.folder("split/k2") / "train.parquet"
     _frame().assign(item_id=[1, 1, 1]).to_parquet(path, index=False)  # same schema, other bytes
     with pytest.raises(ArtifactError, match="corrupted"):
         store.read_table("split/k2", "train")
     with pytest.raises(ArtifactError, match="has no 'valid'"):
         store.read_table("split/k2", "valid", verify=False)
+
+
+def test_tables_between_stages_keep_their_schema(tmp_path):
+    store = ArtifactStore(tmp_path)
+    wrong = "split table 'train' breaks its schema: column 'user_id' is large_string, expected int64"
+    with pytest.raises(ArtifactError, match=wrong), store.write("split", "k1") as w:
+        w.table("train", _frame().astype({"user_id": "string"}))
+    with pytest.raises(ArtifactError, match=r"column 'uid' \(int64\) is missing"), store.write("split", "k1") as w:
+        w.table("user_map", _frame())
+    assert not store.exists("split/k1")
+    with store.write("split", "k2") as w:
+        w.table("train", _frame())
+        w.table("notes", _frame().astype({"user_id": "string"}))  # a table without a schema is written as it is
+    # A file that matches its manifest but breaks its schema (written by other code) is refused on reading.
+    path = store.folder("split/k2") / "train.parquet"
+    _frame().astype({"item_id": "float64"}).to_parquet(path, index=False)
+    manifest = store.manifest("split/k2")
+    manifest["artifacts"]["train"].update(sha256=file_sha256(path), schema={"user_id": "int64", "item_id": "double"})
+    write_json(store.folder("split/k2") / "manifest.json", manifest)
+    with pytest.raises(ArtifactError, match="train.parquet breaks its schema: column 'item_id' is double, expected"):
+        store.read_table("split/k2", "train")
 
 
 def test_tensors_roundtrip_numpy_and_torch(tmp_path):

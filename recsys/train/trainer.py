@@ -106,13 +106,9 @@ def fit(
     rng = np.random.default_rng(train_cfg.seed)
     device = resolve_device(train_cfg.device)
     model.to(device)
-    train, evaluator = _check_inputs(data, train_cfg, eval_cfg)
-    sampler = NegativeSampler(train, data.n_users, data.n_items)
-    optimizer = _optimizer(model, train_cfg, device)
+    train, evaluator, sampler, optimizer = _prepare(model, data, train_cfg, eval_cfg, device)
 
     history: list[dict[str, Any]] = []
-    train_times: list[float] = []
-    eval_times: list[float] = []
     best_value, best_epoch, best_valid, bad, stop = -math.inf, 0, {}, 0, False
     best_state = checkpoint(model)
     model.train()
@@ -121,42 +117,34 @@ def fit(
         loss, parts = train_epoch(model, optimizer, train, sampler, rng, train_cfg, device)
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} in epoch {epoch}; try a smaller lr")
-        train_times.append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
         valid, eval_s, is_best = None, None, False
         if epoch % train_cfg.eval_every == 0 or epoch == train_cfg.max_epochs:
             valid, eval_s = validate(model, evaluator)
-            eval_times.append(eval_s)
             best_value, bad, stop, is_best = early_stopping(valid[train_cfg.monitor], best_value, bad,
                                                             train_cfg.patience)
             if is_best:
                 best_epoch, best_valid, best_state = epoch, valid, checkpoint(model)
-        history.append({"epoch": epoch, "loss": loss, **parts, "seconds": train_times[-1], "eval_seconds": eval_s,
+        history.append({"epoch": epoch, "loss": loss, **parts, "seconds": seconds, "eval_seconds": eval_s,
                         **{f"valid_{m}": v for m, v in (valid or {}).items()}})
         if on_epoch is not None:
-            on_epoch(EpochReport(epoch, loss, parts, train_times[-1], eval_s, valid, best_epoch, best_value,
-                                 is_best, bad))
+            on_epoch(EpochReport(epoch, loss, parts, seconds, eval_s, valid, best_epoch, best_value, is_best, bad))
         if stop:
             break
 
     model.load_state_dict(best_state)
-    return FitResult(
-        best_epoch=best_epoch,
-        best_valid=best_valid,
-        history=history,
-        seconds_per_epoch=float(np.median(train_times)),
-        epochs_run=len(history),
-        best_state=best_state,
-        device=str(device),
-        monitor=train_cfg.monitor,
-        stopped_early=stop,
-        total_seconds=time.perf_counter() - start,
-        eval_seconds=float(np.median(eval_times)) if eval_times else float("nan"),
-    )
+    eval_times = [h["eval_seconds"] for h in history if h["eval_seconds"] is not None]
+    return FitResult(best_epoch=best_epoch, best_valid=best_valid, history=history,
+                     seconds_per_epoch=float(np.median([h["seconds"] for h in history])), epochs_run=len(history),
+                     best_state=best_state, device=str(device), monitor=train_cfg.monitor, stopped_early=stop,
+                     total_seconds=time.perf_counter() - start,
+                     eval_seconds=float(np.median(eval_times)) if eval_times else float("nan"))
 
 
-def _check_inputs(data: DenseSplit, train_cfg: TrainConfig,
-                  eval_cfg: EvalConfig) -> tuple[np.ndarray, RankingEvaluator]:
-    """The checked train pairs and the VALID evaluator (the monitored cutoff added to eval_cfg.ks)."""
+def _prepare(model: Recommender, data: DenseSplit, train_cfg: TrainConfig, eval_cfg: EvalConfig,
+             device: torch.device) -> tuple[np.ndarray, RankingEvaluator, NegativeSampler, torch.optim.Optimizer]:
+    """The checked train pairs, the VALID evaluator (the monitored cutoff added to eval_cfg.ks), the negative
+    sampler and the optimizer."""
     train = _check_pairs(data.train, data, "train")
     _check_pairs(data.valid, data, "valid")
     if len(train) == 0:
@@ -167,13 +155,11 @@ def _check_inputs(data: DenseSplit, train_cfg: TrainConfig,
         raise ValueError("no user has a valid item; early stopping needs a validation split")
     if train_cfg.lr is None or train_cfg.reg_weight is None:
         raise ValueError("lr and reg_weight are unset: pass TrainConfig.tuned_for(model_name) or set them")
-    return train, evaluator
-
-
-def _optimizer(model: Recommender, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt_cls = torch.optim.AdamW if train_cfg.optimizer == "adamw" else torch.optim.Adam
     # The fused kernel updates each table in one pass (about 2x faster per step on CPU than the default loop).
-    return opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type in ("cpu", "cuda"))
+    optimizer = opt_cls(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
+                        fused=device.type in ("cpu", "cuda"))
+    return train, evaluator, NegativeSampler(train, data.n_users, data.n_items), optimizer
 
 
 def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, train: np.ndarray, sampler: NegativeSampler,
