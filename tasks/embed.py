@@ -25,10 +25,9 @@ from prefect.runtime import flow_run
 from recsys.config import EmbedConfig
 from recsys.embed.base import make_embedder
 from recsys.embed.cache import CachedEmbedder, VectorCache
-from recsys.embed.features import load_feature_file
 from recsys.embed.texts import TEXTS_VERSION, texts_for
 from recsys.llm.client import UsageEvent
-from storage.keys import content_key, file_sha256
+from storage.keys import content_key
 from storage.ledger import LedgerWriter, store_ledger_root
 from storage.store import ArtifactRef, ArtifactStore
 from tasks.common import stage_task, table_digests
@@ -131,32 +130,4 @@ def embed_source(store_root: str, source: str, input_refs: list[str], embed: Emb
     _write(store, ref, params, ids, matrix, summary)
     logger.info("%s: %d vectors (%d from cache, %d computed in %d calls)", source, len(ids), s.hits, s.computed,
                 s.calls)
-    return str(ref)
-
-
-def import_ref(params: Mapping[str, Any]) -> ArtifactRef:
-    keyed = {"name": params["name"], "files": [file_sha256(params["matrix_path"]),
-                                               file_sha256(params["index_path"])],
-             "dataset": params.get("dataset_ref")}
-    return ArtifactRef(STAGE, content_key(STAGE + "-import", STAGE_VERSION, keyed))
-
-
-@stage_task(import_ref, name="import-features", task_run_name="import-{name}")
-def import_features(store_root: str, name: str, matrix_path: str, index_path: str,
-                    dataset_ref: str | None = None) -> str:
-    """A user-supplied feature matrix (.npy / .safetensors + id index), validated against the dataset's item ids
-    (user ids for a "user_*" name) when `dataset_ref` is given, stored like an embedded source."""
-    from recsys.models.llmrec import feature_group
-
-    side, _ = feature_group(name)  # the name must be one the LLMRec model accepts
-    store = ArtifactStore(store_root)
-    params = {"name": name, "matrix_path": str(matrix_path), "index_path": str(index_path),
-              "dataset_ref": dataset_ref}
-    ref = import_ref(params)
-    known = None
-    if dataset_ref is not None and side == "item":
-        known = store.read_table(dataset_ref, "items")["item_id"].to_numpy()
-    ids, matrix = load_feature_file(matrix_path, index_path, known)
-    _write(store, ref, params, ids, matrix, {"source": name, "backend": "file", "n": len(ids),
-                                              "dim": int(matrix.shape[1])})
     return str(ref)
