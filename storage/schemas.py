@@ -1,8 +1,7 @@
 """The tables that pass from one stage to another: the columns each must hold, with their Arrow types.
 
-`ArtifactStore` checks a table against its schema here (found by stage and table name) when a stage writes it and
-when a stage reads it back, so a table that breaks its contract fails at once, naming the file and the column.
-Columns not listed may follow (a dataset's side columns).
+`ArtifactStore` checks a table against its schema here, by stage and table name, when it is written and when it is
+read, so a table that breaks its contract fails at once, naming the file and the column; unlisted columns may follow.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """What every stage task shares: the `stage_task` decorator (Prefect caching on content keys) and reading the split.
 
-A stage task takes `store_root` (where artifacts live), the string refs of its inputs and its config sections,
-writes one artifact and returns its string ref. The artifact's address is derived from everything but
-`store_root`, and Prefect caches the task run on that address, its persisted result (the ref) kept in the store
-(`bind`), written once the run has succeeded. A task body only computes and writes: a run whose artifact was
-deleted from the store since is computed again, and a run that failed after writing (an augment batch with failed
-items) left no result and runs again. (A crash between writing the artifact and its result costs one
-recomputation; `ArtifactStore.write` then keeps the artifact already there.)
+A stage task takes `store_root`, the string refs of its inputs and its config sections, writes one artifact and
+returns its ref. Prefect caches the run on the artifact's address (derived from all but `store_root`), its result
+kept in the store (`bind`) once the run has succeeded, so a task body only computes and writes: an artifact deleted
+from the store is computed again, and a run that failed after writing (an augment batch with failed items) runs
+again.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from recsys.data.download import ensure_movielens
 from recsys.data.loading import build_id_map, load_dataset, make_split
 from storage.keys import files_fingerprint
 from storage.store import ArtifactRef, ArtifactStore
-from tasks.common import read_split, stage_ref, stage_task
+from tasks.common import stage_ref, stage_task
 
 KNOWN_DATASETS = ("ml-100k", "ml-1m")
 # Where the data lies is not what it is: these fields are left out of the dataset's key (its files' bytes are in).
@@ -107,6 +107,3 @@ def split_data(store_root: str, dataset_ref: str, split: SplitConfig) -> str:
         split.method, len(parts.train), len(parts.valid), len(parts.test), ids.n_users, ids.n_items,
     )
     return str(ref)
-
-
-__all__ = ["load_data", "read_dataset", "read_split", "split_data"]

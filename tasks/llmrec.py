@@ -14,22 +14,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from prefect import get_run_logger
 
 from recsys.config import EvalConfig, LLMRecConfig, TrainConfig
 from recsys.data.dataset import DenseSplit, IdMap
 from recsys.embed.features import align
-from recsys.eval.ranking import evaluate
 from recsys.models.llmrec import LLMRec, build_llmrec, feature_group
 from recsys.train.augmented import EDGE_COLUMNS, AugmentedEdges
-from recsys.train.trainer import resolve_device
 from storage.store import ArtifactRef, ArtifactStore
 from tasks.common import read_dense_split, stage_ref, stage_task, table_digests
 from tasks.embed import read_embeddings
-from tasks.train import fit_and_store
+from tasks.train import fit_and_store, restore, store_metrics
 
 EDGE_TABLE = "rows"  # of augment-edges batches
 
@@ -99,9 +95,7 @@ def load_llmrec(store: ArtifactStore, train_ref: str, device: str = "auto") -> t
     p = store.manifest(train_ref)["params"]
     data, _, features, _ = _inputs(store, p["split_ref"], p["feature_refs"])
     net = build_llmrec(LLMRecConfig.model_validate(p["llmrec"]), data, features)
-    arrays = store.read_tensors(train_ref, "checkpoint")
-    net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
-    return net.to(resolve_device(device)).eval(), data
+    return restore(store, train_ref, net, device), data
 
 
 @stage_task("llmrec-evaluate", name="evaluate-llmrec", task_run_name="evaluate-llmrec")
@@ -110,9 +104,5 @@ def evaluate_llmrec(store_root: str, train_ref: str, eval: EvalConfig, device: s
     store = ArtifactStore(store_root)
     params = {"train_ref": train_ref, "eval": eval, "device": device}
     ref = stage_ref("llmrec-evaluate", params)
-    net, data = load_llmrec(store, train_ref, device)
-    metrics = {part: evaluate(net, data, part, eval.ks, eval.batch_users) for part in ("valid", "test")}
-    with store.write(ref.stage, ref.key, params) as w:
-        w.json("metrics", metrics)
-    get_run_logger().info("llmrec test %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items()))
+    store_metrics(store, ref, params, *load_llmrec(store, train_ref, device), eval)
     return str(ref)

@@ -65,15 +65,9 @@ def test_tables_between_stages_keep_their_schema(tmp_path):
     with pytest.raises(ArtifactError, match=r"column 'uid' \(int64\) is missing"), store.write("split", "k1") as w:
         w.table("user_map", _frame())
     assert not store.exists("split/k1")
-    with store.write("split", "k2") as w:
-        w.table("train", _frame())
-        w.table("notes", _frame().astype({"user_id": "string"}))  # a table without a schema is written as it is
-    # A file that matches its manifest but breaks its schema (written by other code) is refused on reading.
-    path = store.folder("split/k2") / "train.parquet"
-    _frame().astype({"item_id": "float64"}).to_parquet(path, index=False)
-    manifest = store.manifest("split/k2")
-    manifest["artifacts"]["train"].update(sha256=file_sha256(path), schema={"user_id": "int64", "item_id": "double"})
-    write_json(store.folder("split/k2") / "manifest.json", manifest)
+    with store.write("other", "k2") as w:  # a stage without schemas: written as it is
+        w.table("train", _frame().astype({"item_id": "float64"}))
+    (tmp_path / "other").rename(tmp_path / "split")  # as if other code had written it as a split
     with pytest.raises(ArtifactError, match="train.parquet breaks its schema: column 'item_id' is double, expected"):
         store.read_table("split/k2", "train")
 

@@ -80,20 +80,16 @@ def test_early_stopping_and_best_epoch_follow_valid() -> None:
     assert "ndcg@10" in reports[0].describe() and "best" in reports[-1].describe()
 
 
-def test_an_error_raised_by_on_epoch_leaves_fit() -> None:
-    """A callback may stop training (a pruner, an interrupted progress bar): its exception is what fit raises."""
+def test_an_exception_raised_by_on_epoch_propagates() -> None:
+    seen: list[int] = []
 
-    class Pruned(Exception):
-        pass
-
-    def prune(report: EpochReport) -> None:
+    def prune(report: EpochReport) -> None:  # as a pruner or an interrupted progress bar would
         seen.append(report.epoch)
         if report.epoch == 2:
-            raise Pruned(f"pruned at epoch {report.epoch}")
+            raise RuntimeError(f"pruned at epoch {report.epoch}")
 
-    seen: list[int] = []
     model = build_model(ModelConfig(name="mf", embedding_dim=8), checkerboard(), seed=0)
-    with pytest.raises(Pruned, match="pruned at epoch 2"):
+    with pytest.raises(RuntimeError, match="pruned at epoch 2"):
         fit(model, checkerboard(), quick_cfg(max_epochs=10), EVAL, on_epoch=prune)
     assert seen == [1, 2]
 

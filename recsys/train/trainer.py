@@ -93,11 +93,10 @@ def fit(
 ) -> FitResult:
     """Train `model` with BPR on data.train, select the best epoch by valid `train_cfg.monitor`, restore it.
 
-    Each epoch: `train_epoch`, then every `eval_every` epochs (and the last) `validate`, the `early_stopping`
-    decision and, on a new best, a `checkpoint`; then `on_epoch` (whatever it raises leaves `fit` unchanged).
-    Early stopping: stop after `patience` consecutive evaluations without a strictly better monitored value.
-    Seeds torch and the numpy sampling Generator from train_cfg.seed (weights are initialised by the caller).
-    The loop follows RecBole's Trainer (recbole/trainer/trainer.py: _train_epoch, _valid_epoch, fit).
+    Per epoch, as RecBole's Trainer.fit: `train_epoch`; every `eval_every` epochs and the last, `validate`,
+    `early_stopping` (stop after `patience` evaluations without a strictly better value) and, on a new best,
+    `checkpoint`; then `on_epoch`, whose exceptions propagate. Seeds torch and the numpy sampling Generator from
+    train_cfg.seed (weights are initialised by the caller).
     """
     start = time.perf_counter()
     if train_cfg.num_threads is not None:
@@ -164,10 +163,8 @@ def _prepare(model: Recommender, data: DenseSplit, train_cfg: TrainConfig, eval_
 
 def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, train: np.ndarray, sampler: NegativeSampler,
                 rng: np.random.Generator, cfg: TrainConfig, device: torch.device) -> tuple[float, dict[str, float]]:
-    """One pass over freshly shuffled train pairs with new negatives, in mini-batches of cfg.batch_size.
-
-    Returns the mean total loss over the epoch's triplets and the mean of each loss part ("bpr", "reg", ...).
-    """
+    """One pass over freshly shuffled train pairs with new negatives, in mini-batches of cfg.batch_size: the mean
+    total loss over the epoch's triplets and the mean of each loss part ("bpr", "reg", ...)."""
     users, pos, neg = epoch_triplets(train, sampler, cfg.n_negatives, rng)
     # One host-to-device copy per epoch; batches are then views.
     users_t = torch.from_numpy(users).to(device)
