@@ -1,10 +1,7 @@
 """What every stage task shares: the `stage_task` decorator (Prefect caching on content keys) and reading the split.
 
-A stage task takes `store_root`, the string refs of its inputs and its config sections, writes one artifact and
-returns its ref. Prefect caches the run on the artifact's address (derived from all but `store_root`), its result
-kept in the store (`bind`) once the run has succeeded, so a task body only computes and writes: an artifact deleted
-from the store is computed again, and a run that failed after writing (an augment batch with failed items) runs
-again.
+A stage task takes `store_root`, the refs of its inputs and its configs, writes one artifact and returns its ref.
+Prefect caches the run on the artifact's address (`ArtifactCache`), so a task body only computes and writes.
 """
 
 from __future__ import annotations
@@ -53,8 +50,9 @@ def table_digests(store: ArtifactStore, refs: list[str], table: str) -> list[lis
 
 @dataclass
 class ArtifactCache(CachePolicy):
-    """Keys a task run on the address of the artifact it writes (`ref_of(parameters)`), "<stage>-<key>"; no key,
-    hence a run, when a result is cached for an artifact that is no longer in the store."""
+    """Keys a task run on the address of the artifact it writes (`ref_of(parameters)`), "<stage>-<key>". Only a run
+    that succeeds persists its result (in the store: `bind`), so one that failed after writing (an augment batch
+    with failed items) runs again; a result cached for an artifact no longer in the store gives no key: a run."""
 
     ref_of: RefOf | None = None
 
