@@ -36,7 +36,7 @@ from storage.atomic import write_parquet
 from storage.keys import content_key
 from storage.ledger import LedgerWriter, read_ledger
 from storage.store import ArtifactRef, ArtifactStore
-from tasks.common import keyed_on, read_split
+from tasks.common import read_split, stage_task
 from tasks.cost import publish_cost
 from tasks.ratelimit import prefect_rate_limit_hook
 
@@ -71,11 +71,6 @@ def batch_ref(params: Mapping[str, Any]) -> ArtifactRef:
     return ArtifactRef(stage, content_key(stage, STAGE_VERSION, keyed))
 
 
-def batch_is_done(store: ArtifactStore, ref: ArtifactRef) -> bool:
-    """A batch counts as done only when it was written with no failed item."""
-    return store.exists(ref) and store.read_json(ref, "summary")["failed"] == 0
-
-
 def llm_cache_dir(store_root: str, llm: LLMConfig) -> Path:
     return Path(llm.cache_dir) if llm.cache_dir else Path(store_root) / "llm-cache"
 
@@ -97,8 +92,7 @@ def _item_inputs(store: ArtifactStore, ids: list[int], dataset_ref: str) -> list
     return list(item_texts(store.read_table(dataset_ref, "items"), ids).values())
 
 
-@task(name="augment-batch", task_run_name="{stage}-batch-{batch}", cache_key_fn=keyed_on(batch_ref),
-      result_serializer="json", persist_result=True)
+@stage_task(batch_ref, name="augment-batch", task_run_name="{stage}-batch-{batch}")
 def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], dataset_ref: str, split_ref: str,
                   candidates_ref: str, llm: LLMConfig, augment: AugmentConfig, ledger_root: str) -> str:
     """Ask the LLM for one batch; write its validated rows and its failures; fail the run if any item failed."""
@@ -106,8 +100,6 @@ def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], datas
     params = {"stage": stage, "ids": ids, "dataset_ref": dataset_ref, "split_ref": split_ref,
               "candidates_ref": candidates_ref, "llm": llm, "augment": augment}
     ref = batch_ref(params)
-    if batch_is_done(store, ref):
-        return str(ref)
     logger = get_run_logger()
     run_id = str(flow_run.id or "no-flow-run")
     tags = {"stage": stage, "batch": str(batch)}
