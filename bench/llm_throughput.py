@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `tests.llm_server` starts the server; run from anywhere
+if str(REPO) not in sys.path:  # run from anywhere
     sys.path.insert(0, str(REPO))
 
+from llmsim.launch import start_llm_server  # noqa: E402
 from recsys.config import LLMConfig  # noqa: E402
 from recsys.llm.client import LLMClient, UsageEvent  # noqa: E402
 from recsys.llm.limits import BURST_FRACTION, RATE_FACTOR  # noqa: E402
-from tests.llm_server import start_llm_server  # noqa: E402
 
 SYSTEM = ("You are a movie recommendation system. Based on the user's viewing history (title, year, genres), "
           "choose from the candidate list the movie the user will like most and the one the user will like least.")

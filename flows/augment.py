@@ -1,82 +1,34 @@
-"""The `augment` flow (LLMRec Stage 1): candidates from the base model, then the LLM's u-i edges, user profiles
-and item attributes, batch by batch, within a budget."""
+"""The `augment` flow (LLMRec Stage 1, paper §3.1 and Figure 1): the base model's candidates, then per stage (u-i
+edges, user profiles, item attributes) plan the batches, run them within the budget and collect what they wrote;
+last, what the run cost."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
+from prefect.futures import PrefectWrappedFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.base import base_flow
-from flows.runners import abandon, describe, future_done, future_failure, runner_kind, with_runner
+from flows.runners import runner_kind, with_runner
 from recsys.config import AugmentRunConfig, default_store_dir
-from storage.atomic import write_parquet
-from storage.ledger import read_ledger, store_ledger_root
-from tasks.augment import BatchFailed, augment_batch, batch_ref, collect_stage, plan_batches
+from storage.ledger import store_ledger_root
+from tasks.augment import BatchFailed, augment_batch, batch_ref, close_run, collect_stage, plan_batches
 from tasks.common import bind
-from tasks.cost import Budget, publish_cost, run_ledger, spent_usd
+from tasks.cost import Budget
 from tasks.ratelimit import check_rate_limit
 
-OUTPUT_FILES = {"edges": "augmented_edges.parquet", "profiles": "user_profiles.parquet",
-                "attributes": "item_attributes.parquet"}
-RUN_LEDGER_FILE = "ledger.parquet"  # this run's ledger rows, beside its outputs
-ABANDONED = "abandoned"  # how a batch given up after batch_timeout_s is reported
+ITEMS_FAILED = "items failed"  # a batch that wrote its answered items and recorded the others as failed
 
 
 class AugmentFailed(RuntimeError):
     """Items stayed unanswered, or the budget stopped the run; what succeeded has been written."""
-
-
-def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, str], config: AugmentRunConfig,
-              ledger_root: str, budget: Budget) -> tuple[list[str], dict[int, str], int]:
-    """Submit the stage's batches, at most `max_batches_in_flight` at once and only while the budget allows.
-
-    A batch with no result `batch_timeout_s` after its submission is abandoned and counted as failed.
-    Returns the batch refs, the failed batches (number -> the task run's state message), and how many batches
-    were not started.
-    """
-    task = bind(augment_batch, root)
-    shared = {"dataset_ref": refs["dataset"], "split_ref": refs["split"], "candidates_ref": refs["candidates"],
-              "llm": config.llm, "augment": config.augment}
-    pending = list(enumerate(batches))
-    running: dict[int, Any] = {}
-    submitted: dict[int, float] = {}
-    timeout = config.augment.batch_timeout_s
-    finished: list[str] = []
-    failed: dict[int, str] = {}
-    denied_at = -1  # how many batches had finished when the budget last said no: it can only change after more
-    while pending or running:
-        while pending and len(running) < config.augment.max_batches_in_flight:
-            if denied_at == len(finished):
-                break
-            if not budget.allows(finished, len(running), stage):
-                denied_at = len(finished)
-                break
-            i, ids = pending.pop(0)
-            running[i] = task.submit(root, stage, i, ids, ledger_root=ledger_root, **shared)
-            submitted[i] = time.monotonic()
-        if not running:
-            break  # the budget stopped scheduling
-        for i, fut in list(running.items()):
-            if future_done(fut):
-                del running[i]
-                finished.append(str(i))
-                if (why := future_failure(fut)) is not None:
-                    failed[i] = why
-            elif timeout is not None and time.monotonic() - submitted[i] > timeout:
-                abandon(fut)
-                del running[i]
-                finished.append(str(i))
-                failed[i] = f"{ABANDONED}: no result within batch_timeout_s={timeout:g} s"
-        time.sleep(0.05)
-    batch_refs = [str(batch_ref({"stage": stage, "ids": ids, **shared})) for _, ids in enumerate(batches)]
-    return batch_refs, dict(sorted(failed.items())), len(pending)
 
 
 def _check_runner(config: AugmentRunConfig, logger: Any) -> None:
@@ -87,7 +39,71 @@ def _check_runner(config: AugmentRunConfig, logger: Any) -> None:
         return
     logger.warning("config.runner asks for the %s runner but this flow run uses %s: call flows.augment.run_augment "
                    "(or flows.runners.with_runner) to run the batches there", config.runner.kind,
-                   describe(ctx.task_runner))
+                   type(ctx.task_runner).__name__)
+
+
+def run_batches(start: Callable[[int], PrefectWrappedFuture[str, Any]], n: int, in_flight: int,
+                timeout_s: float | None, may_start: Callable[[list[int], int], bool]) -> tuple[dict[int, str], int]:
+    """Start batches 0..n-1 on the task runner, at most `in_flight` at once and each only while `may_start(finished
+    batches, number running)` (the budget) agrees. Returns why batches failed (number -> ITEMS_FAILED,
+    "crashed: <error>" or "abandoned: ...", in batch order) and how many were never started.
+
+    A batch with no result `timeout_s` after it was started is abandoned: its future is cancelled (a Dask task is
+    released; a thread already running finishes on its own, and a re-run reuses what it saved).
+    """
+    waiting, running, finished, failed = list(range(n)), {}, [], {}
+    while True:
+        while waiting and len(running) < in_flight and may_start(finished, len(running)):
+            i = waiting.pop(0)
+            running[start(i)] = (i, time.monotonic())
+        if not running:
+            return dict(sorted(failed.items())), len(waiting)
+        first = min(t for _, t in running.values())
+        try:  # the first batch to finish, or a TimeoutError when the oldest one is due
+            done = [next(as_completed(list(running), None if timeout_s is None else
+                                      max(0.0, first + timeout_s - time.monotonic())))]
+        except TimeoutError:
+            done = [f for f, (_, t) in running.items() if time.monotonic() - t >= timeout_s]
+            for fut in done:
+                fut.wrapped_future.cancel()
+                failed[running[fut][0]] = f"abandoned: no result within batch_timeout_s={timeout_s:g} s"
+        for fut in done:
+            i, _ = running.pop(fut)
+            finished.append(i)
+            if i in failed:
+                continue
+            try:
+                fut.result()
+            except BatchFailed:
+                failed[i] = ITEMS_FAILED
+            except Exception as exc:  # the batch (or the worker running it) raised before writing anything
+                failed[i] = f"crashed: {type(exc).__name__}: {exc}"
+
+
+def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, str], config: AugmentRunConfig,
+              budget: Budget) -> tuple[list[str], dict[int, str], int]:
+    """The stage's batches on the flow's task runner (`run_batches`); returns their refs, why batches failed and
+    how many were not started."""
+    task = bind(augment_batch, root)
+    shared = {"dataset_ref": refs["dataset"], "split_ref": refs["split"], "candidates_ref": refs["candidates"],
+              "llm": config.llm, "augment": config.augment}
+    failed, not_started = run_batches(
+        lambda i: task.submit(root, stage, i, batches[i], ledger_root=budget.ledger_root, **shared), len(batches),
+        config.augment.max_batches_in_flight, config.augment.batch_timeout_s,
+        lambda finished, running: budget.allows(stage, finished, running))
+    return [str(batch_ref({"stage": stage, "ids": ids, **shared})) for ids in batches], failed, not_started
+
+
+def stage_problems(stage: str, failed: dict[int, str], failed_items: int, not_started: int, n_batches: int,
+                   budget: Budget) -> list[str]:
+    """What went wrong in a stage, for `AugmentFailed`: failed items, crashed or abandoned batches, the budget."""
+    problems = [f"{stage}: {failed_items} items failed in batches "
+                f"{[i for i, why in failed.items() if why == ITEMS_FAILED]}"] if failed_items else []
+    problems += [f"{stage} batch {i} {why}" for i, why in failed.items() if why != ITEMS_FAILED]
+    if not_started:
+        problems.append(f"{stage}: budget ${budget.max_cost_usd} reached after spending ${budget.spent():.6f}; "
+                        f"{not_started} of {n_batches} batches not started")
+    return problems
 
 
 @flow(name="augment", task_runner=ThreadPoolTaskRunner(max_workers=8))
@@ -106,49 +122,26 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
     _check_runner(config, logger)
     check_rate_limit(config.llm.prefect_rate_limit)  # before any work: a missing limit must not start the run
     root = str(store_root or default_store_dir())
-    refs = base_flow(config=config.base(), store_root=root)["refs"]
-    ledger_root = str(store_ledger_root(root))
-    run_id = str(flow_run.id)
-    budget = Budget(config.augment.max_cost_usd, ledger_root, run_id)
-
-    outputs: dict[str, pd.DataFrame] = {}
-    failures: list[pd.DataFrame] = []
-    stage_batches: dict[str, list[str]] = {}
-    problems: list[str] = []
+    refs = base_flow(config=config.base(), store_root=root)["refs"]  # the base model and its candidates
+    budget = Budget(config.augment.max_cost_usd, str(store_ledger_root(root)), str(flow_run.id))
+    batches, rows, failures, problems = {}, {}, [], []  # per stage: batch refs, rows written; failures; problems
     for stage in config.augment.stages:
-        batches = bind(plan_batches, root)(root, stage, refs["dataset"], refs["split"], refs["candidates"],
-                                                config.augment)
-        batch_refs, failed, not_started = run_stage(root, stage, batches, refs, config, ledger_root, budget)
-        stage_batches[stage] = batch_refs
-        rows, fails = collect_stage(root, stage, batch_refs)
-        outputs[stage], failures = rows, [*failures, fails]
+        ids = bind(plan_batches, root)(root, stage, refs["dataset"], refs["split"], refs["candidates"],
+                                       config.augment)
+        batches[stage], failed, not_started = run_stage(root, stage, ids, refs, config, budget)
+        rows[stage], fails = collect_stage(root, stage, batches[stage], out_dir)
+        failures.append(fails)
         logger.info("%s: %d answered, %d failed, %d of %d batches failed, %d not started",
-                    stage, len(rows), len(fails), len(failed), len(batches), not_started)
-        # A batch that crashed or was abandoned (rather than record failed items): name it and why.
-        crashed = {i: m for i, m in failed.items() if BatchFailed.__name__ not in m}
-        if len(fails):
-            problems.append(f"{stage}: {len(fails)} items failed in batches {sorted(set(failed) - set(crashed))}")
-        problems += [f"{stage} batch {i} {m if m.startswith(ABANDONED) else 'crashed: ' + m}"
-                     for i, m in crashed.items()]
+                    stage, rows[stage], len(fails), len(failed), len(ids), not_started)
+        problems += stage_problems(stage, failed, len(fails), not_started, len(ids), budget)
         if not_started:
-            problems.append(f"{stage}: budget ${budget.max_cost_usd} reached after spending ${budget.spent():.6f}; "
-                            f"{not_started} of {len(batches)} batches not started")
             break
-
     all_failures = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame()
-    rows = run_ledger(ledger_root, run_id)
-    fail_counts = {s: int((all_failures["stage"] == s).sum()) for s in outputs} if len(all_failures) else {}
-    publish_cost(rows, fail_counts, config.augment.max_cost_usd, spent_usd(read_ledger(ledger_root)), ledger_root)
-    if out_dir:
-        for stage, frame in outputs.items():
-            write_parquet(Path(out_dir) / OUTPUT_FILES[stage], frame)
-        write_parquet(Path(out_dir) / "augment_failures.parquet", all_failures)
-        write_parquet(Path(out_dir) / RUN_LEDGER_FILE, rows)
-    result = {"refs": refs, "rows": {s: len(f) for s, f in outputs.items()}, "failed": len(all_failures),
-              "cost_usd": spent_usd(rows), "ledger": ledger_root, "batches": stage_batches}
+    spent = close_run(budget.ledger_root, budget.flow_run_id, all_failures, budget.max_cost_usd, out_dir)
     if problems:
-        raise AugmentFailed("; ".join(problems) + f". Spent ${spent_usd(rows):.6f} in this run. Re-run to retry.")
-    return result
+        raise AugmentFailed("; ".join(problems) + f". Spent ${spent:.6f} in this run. Re-run to retry.")
+    return {"refs": refs, "rows": rows, "failed": len(all_failures), "cost_usd": spent, "ledger": budget.ledger_root,
+            "batches": batches}
 
 
 def run_augment(config: AugmentRunConfig | None = None, store_root: str | None = None,

@@ -1,29 +1,28 @@
-"""The `llmrec` command line."""
+"""The `llmrec` command line. `base`, `augment` and `run` run the Prefect flows of the same names; `ablate` runs
+`run` with every variant; `cost` and `rerun` operate on the ledger and a Prefect server."""
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import os
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from llmsim import MODEL_ID
+from llmsim.cli import serve_command
+from llmsim.launch import LaunchError as LLMServerError
+from llmsim.launch import start_llm_server
 from recsys.ablations import FULL as FULL_VARIANT
 from recsys.ablations import VARIANTS, parse_variants
 from recsys.config import (
     DATA_DIR_ENV,
+    STORE_DIR_ENV,
     AugmentConfig,
     AugmentRunConfig,
     BaseRunConfig,
@@ -43,25 +42,20 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="LLM-augmente
 console = Console()
 
 
-@app.callback()
-def _root() -> None:
-    """LLM-augmented graph recommendation (LLMRec) as Prefect flows."""
-
-
-class ModelName(StrEnum):
-    mf = "mf"
-    lightgcn = "lightgcn"
-
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class RunnerKind(StrEnum):
-    threads = "threads"
-    dask = "dask"
+# Options shared by several commands, declared once.
+BaseModel = Annotated[Literal["mf", "lightgcn"], typer.Option(help="Base recommender (it proposes the candidates).")]
+Dataset = Annotated[str, typer.Option(help="ml-100k, ml-1m, or a path to your interactions (file or folder).")]
+DataDir = Annotated[Path | None, typer.Option(envvar=DATA_DIR_ENV, help="Where MovieLens lives or is downloaded.")]
+SplitDir = Annotated[Path | None, typer.Option(help="Use this split: train/valid/test Parquet or CSV.")]
+Epochs = Annotated[int, typer.Option(help="Maximum epochs; early stopping on valid usually ends sooner.")]
+Device = Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="auto: CUDA when present, else CPU.")]
+MaxCostUSD = Annotated[float | None, typer.Option(help="LLM budget: stop before spending more than this.")]
+Store = Annotated[Path | None, typer.Option(envvar=STORE_DIR_ENV, help="Artifact store shared by runs (default "
+                                                                      "~/.cache/llmrec/store).")]
+Runner = Annotated[Literal["threads", "dask"], typer.Option(help="Where LLM and embedding batches run: threads in "
+                                                                 "this process, or a Dask cluster (a local one "
+                                                                 "unless --dask-address).")]
+DaskAddress = Annotated[str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -69,11 +63,20 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def runner_config(runner: RunnerKind, dask_address: str | None) -> RunnerConfig:
+@contextmanager
+def expected(*errors: type[Exception]) -> Iterator[None]:
+    """Turn these errors into one line on the console and exit code 2 (no traceback)."""
+    try:
+        yield
+    except errors as e:
+        raise _fail(str(e)) from None
+
+
+def runner_config(runner: str, dask_address: str | None) -> RunnerConfig:
     """The task runner the --runner / --dask-address options ask for."""
-    if dask_address and runner is not RunnerKind.dask:
+    if dask_address and runner != "dask":
         raise _fail("--dask-address needs --runner dask")
-    return RunnerConfig(kind=runner.value, dask_address=dask_address)
+    return RunnerConfig(kind=runner, dask_address=dask_address)
 
 
 def metrics_table(doc: dict[str, Any]) -> Table:
@@ -89,40 +92,34 @@ def metrics_table(doc: dict[str, Any]) -> Table:
 
 
 @app.command()
-def train(
-    model: ModelName = typer.Option(ModelName.lightgcn, help="Base recommender."),
-    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m, or a path to your interactions (file or folder)."),
-    data_dir: Path | None = typer.Option(None, help=f"Where MovieLens lives or is downloaded (env {DATA_DIR_ENV})."),
+def base(
+    model: BaseModel = "lightgcn",
+    dataset: Dataset = "ml-100k",
+    data_dir: DataDir = None,
     items: Path | None = typer.Option(None, help="Item text table (Parquet/CSV) for a user-supplied dataset."),
-    split_dir: Path | None = typer.Option(None, help="Use this split: train/valid/test Parquet or CSV."),
+    split_dir: SplitDir = None,
     out: Path = typer.Option(Path("runs/base"), help="Output folder for metrics.json and candidates.parquet."),
     seed: int = typer.Option(2020, help="Training seed."),
     split_seed: int = typer.Option(2020, help="Seed of the random split (ignored with --split-dir)."),
-    epochs: int = typer.Option(1000, help="Maximum epochs; early stopping on valid usually ends sooner."),
-    device: Device = typer.Option(Device.auto, help="auto: CUDA when present, else CPU."),
+    epochs: Epochs = 1000,
+    device: Device = "auto",
     candidates: int = typer.Option(10, help="Candidates per user for the LLM stages (paper: |C| = 10)."),
-    store: Path | None = typer.Option(None, help="Artifact store shared by runs (env LLMREC_STORE)."),
+    store: Store = None,
 ) -> None:
-    """Train a base model (load -> split -> train -> evaluate -> candidates) as the Prefect flow `base`."""
-    if data_dir is None and os.environ.get(DATA_DIR_ENV):
-        data_dir = Path(os.environ[DATA_DIR_ENV])
-    try:
+    """Train the base model (load -> split -> train -> evaluate -> candidates) as the Prefect flow `base`."""
+    with expected(ValueError):
         config = BaseRunConfig(
             data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
             split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(seed=split_seed),
-            model=ModelConfig(name=model.value),
-            train=TrainConfig(max_epochs=epochs, seed=seed, device=device.value),
+            model=ModelConfig(name=model),
+            train=TrainConfig(max_epochs=epochs, seed=seed, device=device),
             candidates=CandidateConfig(n_candidates=candidates),
         )
-    except ValueError as e:
-        raise _fail(str(e)) from None
 
     from flows.base import base_flow  # deferred: importing Prefect costs seconds, --help should not
 
-    try:
+    with expected(DataError, FileNotFoundError):
         result = base_flow(config=config, store_root=str(store) if store else None, out_dir=str(out))
-    except (DataError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
     console.print(metrics_table(result["metrics"]))
     console.print(f"wrote {out / 'metrics.json'} and {out / 'candidates.parquet'}")
 
@@ -133,21 +130,20 @@ def augment(
                                         help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
     model: str = typer.Option(LLMConfig().model, help="LLM model name at that endpoint."),
     stages: str = typer.Option("edges,profiles,attributes", help="Comma-separated: edges, profiles, attributes."),
-    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m, or a path to your interactions."),
-    data_dir: Path | None = typer.Option(None, help=f"Where MovieLens lives (env {DATA_DIR_ENV})."),
-    split_dir: Path | None = typer.Option(None, help="Use this split: train/valid/test Parquet or CSV."),
-    base_model: ModelName = typer.Option(ModelName.lightgcn, help="Base recommender proposing the candidates."),
-    epochs: int = typer.Option(1000, help="Maximum epochs of the base model."),
+    dataset: Dataset = "ml-100k",
+    data_dir: DataDir = None,
+    split_dir: SplitDir = None,
+    base_model: BaseModel = "lightgcn",
+    epochs: Epochs = 1000,
     out: Path = typer.Option(Path("runs/augment"), help="Output folder."),
-    max_cost_usd: float | None = typer.Option(None, help="Budget: stop before spending more than this."),
+    max_cost_usd: MaxCostUSD = None,
     users_per_batch: int = typer.Option(AugmentConfig().users_per_batch, help="Users per Prefect task run."),
     rpm: int = typer.Option(LLMConfig().rpm, help="Requests per minute allowed by your endpoint (0: no limit)."),
     tpm: int = typer.Option(LLMConfig().tpm, help="Tokens per minute allowed by your endpoint (0: no limit)."),
     price_table: Path | None = typer.Option(None, help="YAML of USD per 1M input/output tokens per model."),
-    store: Path | None = typer.Option(None, help="Artifact store shared by runs (env LLMREC_STORE)."),
-    runner: RunnerKind = typer.Option(RunnerKind.threads, help="Where batches run: threads in this process, or a "
-                                                               "Dask cluster (a local one unless --dask-address)."),
-    dask_address: str | None = typer.Option(None, help="Existing Dask scheduler, e.g. tcp://10.0.0.5:8786."),
+    store: Store = None,
+    runner: Runner = "threads",
+    dask_address: DaskAddress = None,
     prefect_rate_limit: str | None = typer.Option(None, help="Prefect rate limit (a GCL with slot decay) every "
                                                              "request takes a slot of, shared across processes."),
 ) -> None:
@@ -156,13 +152,11 @@ def augment(
     Trains the base model first when its candidates are not in the store yet. The API key is read from
     $OPENAI_API_KEY and never written anywhere.
     """
-    if data_dir is None and os.environ.get(DATA_DIR_ENV):
-        data_dir = Path(os.environ[DATA_DIR_ENV])
-    try:
+    with expected(ValueError):
         config = AugmentRunConfig(
             data=DataConfig(dataset=dataset, data_dir=data_dir),
             split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
-            model=ModelConfig(name=base_model.value),
+            model=ModelConfig(name=base_model),
             train=TrainConfig(max_epochs=epochs),
             llm=LLMConfig(model=model, base_url=base_url, rpm=rpm or None, tpm=tpm or None, price_table=price_table,
                           prefect_rate_limit=prefect_rate_limit),
@@ -170,36 +164,25 @@ def augment(
                                   max_cost_usd=max_cost_usd, users_per_batch=users_per_batch),
             runner=runner_config(runner, dask_address),
         )
-    except ValueError as e:
-        raise _fail(str(e)) from None
 
     from flows.augment import AugmentFailed, run_augment
     from tasks.ratelimit import RateLimitUnusable
 
-    try:
+    with expected(DataError, FileNotFoundError, AugmentFailed, RateLimitUnusable):
         result = run_augment(config=config, store_root=str(store) if store else None, out_dir=str(out))
-    except (DataError, FileNotFoundError, AugmentFailed, RateLimitUnusable) as e:
-        raise _fail(str(e)) from None
     console.print(f"rows: {result['rows']}; failed items: {result['failed']}; cost ${result['cost_usd']:.6f}")
     console.print(f"wrote {out}/*.parquet (this run's ledger rows: {out}/ledger.parquet); all runs' ledger: "
                   f"{result['ledger']}")
 
 
-class CostGrouping(StrEnum):
-    stage = "stage"
-    model = "model"
-    day = "day"
-    flow_run = "flow-run"
-
-
 @app.command()
 def cost(
     since: str | None = typer.Option(None, help="Only calls at or after this date (YYYY-MM-DD, UTC) or ISO time."),
-    by: CostGrouping = typer.Option(CostGrouping.stage, help="Group rows by stage, model, day or flow-run."),
+    by: Literal["stage", "model", "day", "flow-run"] = typer.Option("stage", help="Group rows by stage, model, day "
+                                                                                 "or flow-run."),
     plot: Path | None = typer.Option(None, help="Also draw cumulative USD over time per stage to this PNG."),
     ledger: list[Path] | None = typer.Option(None, help="Ledger folder(s) to read; default <store>/ledger."),
-    store: Path | None = typer.Option(None, help="Artifact store whose ledger to read (default: $LLMREC_STORE, "
-                                                 "else ~/.cache/llmrec/store)."),
+    store: Store = None,
 ) -> None:
     """What the LLM calls cost: calls, cache hits, tokens and USD per group, from the cost ledger."""
     from recsys.config import default_store_dir
@@ -208,18 +191,16 @@ def cost(
     from storage.ledger import LedgerNotFound, read_ledgers, store_ledger_root
 
     roots = list(ledger) if ledger else [store_ledger_root(store or default_store_dir())]
-    try:
+    with expected(ValueError, LedgerNotFound):
         cutoff = parse_since(since) if since else None
         rows = read_ledgers(roots, cutoff)
-    except (ValueError, LedgerNotFound) as e:
-        raise _fail(str(e)) from None
     where = ", ".join(str(r) for r in roots)
     if rows.empty:
         raise _fail(f"no ledger rows{f' since {since}' if since else ''} in {where}")
-    summary = cost_by(rows, by.value)
+    summary = cost_by(rows, by)
     columns = [c for c in COST_COLUMNS if c != "unpriced" or summary[c].any()]  # unpriced: only when there are
-    table = Table(title=f"LLM cost by {by.value} — {escape(where)}")
-    table.add_column(by.value, overflow="fold")
+    table = Table(title=f"LLM cost by {by} — {escape(where)}")
+    table.add_column(by, overflow="fold")
     for col in columns:
         table.add_column(COST_HEADERS[col], justify="right", no_wrap=True)
     records = summary.to_dict("records")
@@ -237,47 +218,15 @@ def cost(
         console.print(f"wrote {plot}")
 
 
-LOCAL_MODEL = "llmrec-heuristic"  # what the local server answers as
-SERVER_START_TIMEOUT_S = 60.0
-
-
-class LLMServerError(RuntimeError):
-    """The local LLM server did not start."""
+LOCAL_MODEL = MODEL_ID  # what the local server answers as
 
 
 @contextmanager
 def local_llm_server() -> Iterator[str]:
-    """Start `python -m recsys.llm.server --port 0` (stopped again on exit, also on errors) and yield its /v1 URL,
-    read from the `listening on http://HOST:PORT` line it prints once its socket is bound."""
-    cmd = [sys.executable, "-m", "recsys.llm.server", "--host", "127.0.0.1", "--port", "0",
-           "--parent-pid", str(os.getpid())]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, text=True)
-    try:
-        url, seen = None, []
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        assert proc.stdout is not None
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:  # the server exited
-                break
-            seen.append(line)
-            if "listening on " in line:
-                url = line.rsplit("listening on ", 1)[1].strip()
-        if url is None:
-            raise LLMServerError("the local LLM server did not start:\n" + "".join(seen[-20:]))
-        # Keep draining its output so that a full pipe can never block it.
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        yield f"{url}/v1"
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """Start the local LLM server (`python -m llmsim --port 0`; stopped again on exit, also on errors) and yield
+    its /v1 URL."""
+    with start_llm_server() as server:
+        yield server.base_url
 
 
 @app.command()
@@ -287,34 +236,30 @@ def run(
                                              "LLM: transparent heuristics) and use model llmrec-heuristic."),
     model: str | None = typer.Option(None, help=f"LLM model name (default: {LLMConfig().model}, or "
                                                 f"{LOCAL_MODEL} with the local server)."),
-    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m, or a path to your interactions."),
-    data_dir: Path | None = typer.Option(None, help=f"Where MovieLens lives (env {DATA_DIR_ENV})."),
-    split_dir: Path | None = typer.Option(None, help="Use this split: train/valid/test Parquet or CSV."),
+    dataset: Dataset = "ml-100k",
+    data_dir: DataDir = None,
+    split_dir: SplitDir = None,
     seeds: int = typer.Option(1, min=1, help="Training seeds per variant (2020, 2021, ...); >= 2 gives p-values."),
-    epochs: int = typer.Option(1000, help="Maximum epochs of every model; early stopping on valid usually ends "
-                                          "sooner."),
-    device: Device = typer.Option(Device.auto, help="auto: CUDA when present, else CPU."),
+    epochs: Epochs = 1000,
+    device: Device = "auto",
     embed_backend: str = typer.Option("local", help="local (all-MiniLM-L6-v2, offline) or openai."),
-    max_cost_usd: float | None = typer.Option(None, help="LLM budget: stop before spending more than this."),
+    max_cost_usd: MaxCostUSD = None,
     out: Path = typer.Option(Path("runs/llmrec"), help="Output folder: metrics.parquet, report.md, report.png, "
                                                        "augment/."),
-    store: Path | None = typer.Option(None, help="Artifact store shared by runs (env LLMREC_STORE)."),
+    store: Store = None,
     variants: str = typer.Option(FULL_VARIANT, help=f"Comma-separated LLMRec variants to train beside the LightGCN "
                                                     f"baseline: {', '.join(VARIANTS)}."),
-    runner: RunnerKind = typer.Option(RunnerKind.threads, help="Where LLM and embedding batches run: threads in "
-                                                               "this process, or a Dask cluster."),
-    dask_address: str | None = typer.Option(None, help="Existing Dask scheduler, e.g. tcp://10.0.0.5:8786."),
+    runner: Runner = "threads",
+    dask_address: DaskAddress = None,
 ) -> None:
     """The whole pipeline as the Prefect flow `run`: base model -> LLM augmentation -> embeddings -> LightGCN
     baseline and LLMRec per seed -> metrics.parquet and report.md. Every stage is cached: a re-run is free."""
-    if data_dir is None and os.environ.get(DATA_DIR_ENV):
-        data_dir = Path(os.environ[DATA_DIR_ENV])
     local = not base_url
-    try:
+    with expected(ValueError):
         config = RunConfig(
             data=DataConfig(dataset=dataset, data_dir=data_dir),
             split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
-            train=TrainConfig(max_epochs=epochs, device=device.value),
+            train=TrainConfig(max_epochs=epochs, device=device),
             # The local server started below enforces no rate limit, so the client's own limits are lifted
             # (they are not part of any cache key).
             llm=LLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
@@ -325,42 +270,35 @@ def run(
             runner=runner_config(runner, dask_address),
         )
         names = parse_variants(variants)
-    except ValueError as e:
-        raise _fail(str(e)) from None
 
     from flows.augment import AugmentFailed
-    from flows.run import run_flow
 
-    try:
-        with contextlib.ExitStack() as stack:
-            if local:
-                console.print("[bold yellow]no --base-url:[/] starting the local LLM server (NOT a language model: "
-                              f"transparent heuristics) and using model {config.llm.model}")
-                url = stack.enter_context(local_llm_server())
-                console.print(f"local LLM server listening at {url}; it stops when this run ends")
-            else:
-                url = base_url
-            result = run_flow(config=config, store_root=str(store) if store else None, out_dir=str(out),
-                              base_url=url, variants=names)
-    except (DataError, FileNotFoundError, AugmentFailed, LLMServerError) as e:
-        raise _fail(str(e)) from None
+    with expected(DataError, FileNotFoundError, AugmentFailed, LLMServerError):
+        result = run_pipeline(config, base_url or None, names, store, out)
     console.print(result["report"], markup=False, highlight=False)
     console.print(f"wrote {out / 'metrics.parquet'}, {out / 'report.md'}, {out / 'report.png'} and {out / 'augment'}/")
 
 
-def ablate(**options: Any) -> None:
-    """The ablation study (paper Table 3) as the Prefect flow `run`: the pipeline and options of `run`, training
-    every variant in --variants (default: all) beside the LightGCN baseline, with the cost per LLM strategy
-    (Table 7) in the report. Models `run` already trained come from the store."""
-    run(**options)
+def run_pipeline(config: RunConfig, base_url: str | None, variants: list[str], store: Path | None,
+                 out: Path) -> dict[str, Any]:
+    """The flow `run` against `base_url`, or, when it is None, against the local LLM server started for it."""
+    from flows.run import run_flow
+
+    with contextlib.ExitStack() as stack:
+        if base_url is None:
+            console.print("[bold yellow]no --base-url:[/] starting the local LLM server (NOT a language model: "
+                          f"transparent heuristics) and using model {config.llm.model}")
+            base_url = stack.enter_context(local_llm_server())
+            console.print(f"local LLM server listening at {base_url}; it stops when this run ends")
+        return run_flow(config=config, store_root=str(store) if store else None, out_dir=str(out),
+                        base_url=base_url, variants=variants)
 
 
-# The options of `run`, declared once there, with every variant by default.
-ablate.__signature__ = inspect.signature(run, eval_str=True).replace(parameters=[  # type: ignore[attr-defined]
-    p.replace(default=typer.Option(",".join(VARIANTS), help=f"Comma-separated variants (default: all): "
-                                                             f"{', '.join(VARIANTS)}."))
-    if p.name == "variants" else p for p in inspect.signature(run, eval_str=True).parameters.values()])
-app.command()(ablate)
+# `ablate` is `run` (the same options and flow) with every variant by default.
+app.command("ablate", context_settings={"default_map": {"variants": ",".join(VARIANTS)}}, help=(
+    "The ablation study (paper Table 3) as the Prefect flow `run`: the pipeline and options of `run`, training "
+    "every variant in --variants (default: all) beside the LightGCN baseline, with the cost per LLM strategy "
+    "(Table 7) in the report. Models `run` already trained come from the store."))(run)
 
 
 @app.command()
@@ -374,10 +312,8 @@ def rerun(
     from flows.ops import OpsError, rerun_summary
     from flows.ops import rerun as rerun_flow_run
 
-    try:
+    with expected(OpsError):
         report = rerun_flow_run(flow_run_id, wait=wait, timeout_s=timeout)
-    except OpsError as e:
-        raise _fail(str(e)) from None
     console.print(f"flow run {report.flow_run_id} ({report.flow_run_name}) was {report.previous_state}; "
                   "scheduled again", highlight=False)
     if report.final_state is None:
@@ -396,13 +332,7 @@ def rerun(
         raise typer.Exit(code=1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
-def llm_server(ctx: typer.Context) -> None:
-    """Serve the local OpenAI-compatible endpoint (NOT a language model: transparent heuristics for offline
-    runs and tests). Options: --host, --port and fault flags; see `llmrec llm-server --help`."""
-    from recsys.llm.server import main as serve_main
-
-    raise typer.Exit(code=serve_main(ctx.args))
+app.command("llm-server")(serve_command)
 
 
 def main() -> None:

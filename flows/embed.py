@@ -11,10 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.runners import future_failure, with_runner
+from flows.runners import with_runner
 from recsys.config import EmbedConfig, RunnerConfig, default_store_dir
 from storage.ledger import store_ledger_root
 from tasks.common import bind
@@ -39,14 +38,13 @@ def embed_flow(sources: Mapping[str, list[str]], embed: EmbedConfig | None = Non
     task = bind(embed_source, root)
     futures = {source: task.submit(root, source, list(inputs), embed, ledger_root=ledger)
                for source, inputs in sources.items()}
-    wait(list(futures.values()))
     refs: dict[str, str] = {}
     errors: list[str] = []
     for source, fut in futures.items():
-        if (why := future_failure(fut)) is None:
+        try:
             refs[source] = str(fut.result())
-        else:
-            errors.append(f"{source}: {why}")
+        except Exception as exc:  # the task run (or the worker running it) raised
+            errors.append(f"{source}: {type(exc).__name__}: {exc}")
     if errors:
         raise EmbedFailed("; ".join(errors))
     get_run_logger().info("embedded %d sources", len(refs))

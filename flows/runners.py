@@ -75,36 +75,3 @@ def runner_kind(runner: TaskRunner[Any]) -> str:
     if "DaskTaskRunner" in names:  # by name: no need to import dask.distributed to ask
         return "dask"
     return "threads" if isinstance(runner, ThreadPoolTaskRunner) else type(runner).__name__
-
-
-def describe(runner: TaskRunner[Any]) -> str:
-    """A short name for logs, e.g. "ThreadPoolTaskRunner" or "LlmrecDaskTaskRunner"."""
-    return type(runner).__name__
-
-
-def future_done(fut: Any) -> bool:
-    """Whether a submitted task run has finished, asking the runner's own future (thread or Dask) rather than the
-    Prefect API, so that polling costs no request."""
-    wrapped = getattr(fut, "wrapped_future", None)
-    return bool(wrapped.done()) if wrapped is not None else fut.state.is_final()
-
-
-def abandon(fut: Any) -> None:
-    """Stop waiting for a task run and cancel it where its runner can: a Dask task is released by the scheduler
-    (a worker already running it finishes on its own), a thread-pool task only if it has not started. A thread
-    pool still waits for a started one when the flow ends."""
-    wrapped = getattr(fut, "wrapped_future", None)
-    if wrapped is not None:
-        wrapped.cancel()
-
-
-def future_failure(fut: Any) -> str | None:
-    """None when a finished task run completed, else why not: its state message, or the error that kept it from
-    starting at all (a Dask worker that could not reach the Prefect API records no state)."""
-    wrapped = getattr(fut, "wrapped_future", None)
-    error = wrapped.exception() if wrapped is not None else None
-    if error is not None:
-        return f"{type(error).__name__}: {error}"
-    fut.wait()
-    state = fut.state
-    return None if state.is_completed() else str(state.message or state.name)

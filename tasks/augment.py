@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from recsys.augment.attributes import augment_attributes
@@ -31,15 +32,21 @@ from recsys.augment.prompts import (
 from recsys.augment.runner import attributes_frame, edges_frame, failures_frame, profiles_frame
 from recsys.config import AugmentConfig, LLMConfig
 from recsys.llm.client import LLMClient, UsageEvent
+from storage.atomic import write_parquet
 from storage.keys import content_key
-from storage.ledger import LedgerWriter
+from storage.ledger import LedgerWriter, read_ledger
 from storage.store import ArtifactRef, ArtifactStore
-from tasks.common import keyed_on, read_split
+from tasks.common import read_split, stage_task
+from tasks.cost import publish_cost
 from tasks.ratelimit import prefect_rate_limit_hook
 
 TEMPLATES = {"edges": EDGES_VERSION, "profiles": PROFILES_VERSION, "attributes": ATTRIBUTES_VERSION}
 STAGE_VERSION = "1"
 FRAMES = {"edges": edges_frame, "profiles": profiles_frame, "attributes": attributes_frame}
+OUTPUT_FILES = {"edges": "augmented_edges.parquet", "profiles": "user_profiles.parquet",
+                "attributes": "item_attributes.parquet"}
+FAILURES_FILE = "augment_failures.parquet"
+RUN_LEDGER_FILE = "ledger.parquet"  # this run's ledger rows, beside its outputs
 
 
 class BatchFailed(RuntimeError):
@@ -64,11 +71,6 @@ def batch_ref(params: Mapping[str, Any]) -> ArtifactRef:
     return ArtifactRef(stage, content_key(stage, STAGE_VERSION, keyed))
 
 
-def batch_is_done(store: ArtifactStore, ref: ArtifactRef) -> bool:
-    """A batch counts as done only when it was written with no failed item."""
-    return store.exists(ref) and store.read_json(ref, "summary")["failed"] == 0
-
-
 def llm_cache_dir(store_root: str, llm: LLMConfig) -> Path:
     return Path(llm.cache_dir) if llm.cache_dir else Path(store_root) / "llm-cache"
 
@@ -90,8 +92,7 @@ def _item_inputs(store: ArtifactStore, ids: list[int], dataset_ref: str) -> list
     return list(item_texts(store.read_table(dataset_ref, "items"), ids).values())
 
 
-@task(name="augment-batch", task_run_name="{stage}-batch-{batch}", cache_key_fn=keyed_on(batch_ref),
-      result_serializer="json", persist_result=True)
+@stage_task(batch_ref, name="augment-batch", task_run_name="{stage}-batch-{batch}")
 def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], dataset_ref: str, split_ref: str,
                   candidates_ref: str, llm: LLMConfig, augment: AugmentConfig, ledger_root: str) -> str:
     """Ask the LLM for one batch; write its validated rows and its failures; fail the run if any item failed."""
@@ -99,8 +100,6 @@ def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], datas
     params = {"stage": stage, "ids": ids, "dataset_ref": dataset_ref, "split_ref": split_ref,
               "candidates_ref": candidates_ref, "llm": llm, "augment": augment}
     ref = batch_ref(params)
-    if batch_is_done(store, ref):
-        return str(ref)
     logger = get_run_logger()
     run_id = str(flow_run.id or "no-flow-run")
     tags = {"stage": stage, "batch": str(batch)}
@@ -149,12 +148,27 @@ def plan_batches(store_root: str, stage: str, dataset_ref: str, split_ref: str, 
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
-@task(name="collect-stage")
-def collect_stage(store_root: str, stage: str, batch_refs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The union of the batches' rows and failures (batches never written are skipped)."""
+@task(name="collect-stage", cache_policy=NO_CACHE)
+def collect_stage(store_root: str, stage: str, batch_refs: list[str], out_dir: str | None) -> tuple[int, pd.DataFrame]:
+    """The union of the batches' rows, written to `<out_dir>/<OUTPUT_FILES[stage]>`, and of their failures; returns
+    the number of rows and the failures (batches never written are skipped)."""
     store = ArtifactStore(store_root)
     written = [r for r in batch_refs if store.exists(r)]
     rows = [store.read_table(r, "rows") for r in written]
     fails = [store.read_table(r, "failures") for r in written]
-    return (pd.concat(rows, ignore_index=True) if rows else FRAMES[stage]([], ""),
-            pd.concat(fails, ignore_index=True) if fails else failures_frame([], stage))
+    frame = pd.concat(rows, ignore_index=True) if rows else FRAMES[stage]([], "")
+    if out_dir:
+        write_parquet(Path(out_dir) / OUTPUT_FILES[stage], frame)
+    return len(frame), pd.concat(fails, ignore_index=True) if fails else failures_frame([], stage)
+
+
+@task(name="close-run", cache_policy=NO_CACHE)
+def close_run(ledger_root: str, flow_run_id: str, failures: pd.DataFrame, max_cost_usd: float | None,
+              out_dir: str | None) -> float:
+    """The end of an augment run: its failed items and its ledger rows written to `out_dir`, and its cost published
+    as Prefect artifacts (tasks/cost.py); returns what the run spent, in USD."""
+    rows = read_ledger(ledger_root, flow_run_id=flow_run_id)
+    if out_dir:
+        write_parquet(Path(out_dir) / FAILURES_FILE, failures)
+        write_parquet(Path(out_dir) / RUN_LEDGER_FILE, rows)
+    return publish_cost(rows, failures, max_cost_usd, ledger_root)

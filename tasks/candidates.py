@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from recsys.candidates import top_candidates
 from recsys.config import CandidateConfig, ModelConfig
 from storage.store import ArtifactStore
-from tasks.common import cache_key_fn, read_dense_split, stage_ref
+from tasks.common import read_dense_split, stage_ref, stage_task
 from tasks.train import load_trained
-
-CANDIDATE_COLUMNS = {"user_id": "int64", "rank": "int64", "item_id": "int64", "score": "float"}
 
 
 def candidates_frame(users: np.ndarray, items: np.ndarray, scores: np.ndarray, user_ids: np.ndarray,
@@ -30,7 +28,7 @@ def candidates_frame(users: np.ndarray, items: np.ndarray, scores: np.ndarray, u
     })
 
 
-@task(name="candidates", cache_key_fn=cache_key_fn("candidates"), result_serializer="json", persist_result=True)
+@stage_task("candidates", name="candidates")
 def generate_candidates(store_root: str, split_ref: str, train_ref: str, model: ModelConfig,
                         candidates: CandidateConfig, device: str = "auto") -> str:
     """Write candidates.parquet (user_id, rank, item_id, score) with raw ids; returns the ref."""
@@ -38,8 +36,6 @@ def generate_candidates(store_root: str, split_ref: str, train_ref: str, model: 
     params = {"split_ref": split_ref, "train_ref": train_ref, "model": model, "candidates": candidates,
               "device": device}
     ref = stage_ref("candidates", params)
-    if store.exists(ref):
-        return str(ref)
     data, ids = read_dense_split(store, split_ref)
     net = load_trained(store, train_ref, model, data, device)
     users, items, scores = top_candidates(net, data, candidates.n_candidates)

@@ -1,18 +1,19 @@
-"""What every stage task shares: content keys, Prefect caching on them, and reading the split back.
+"""What every stage task shares: the `stage_task` decorator (Prefect caching on content keys) and reading the split.
 
-A stage task takes `store_root` (where artifacts live), the string refs of its inputs and its config sections, and
-returns the string ref of its output. Its content key is derived from everything but `store_root`, so equal inputs
-hit Prefect's persisted result on any later run, and a task body also returns at once if its output already exists
-(a crash between writing the artifact and persisting the Prefect result then costs nothing on the re-run).
+A stage task takes `store_root`, the refs of its inputs and its configs, writes one artifact and returns its ref.
+Prefect caches the run on the artifact's address (`ArtifactCache`), so a task body only computes and writes.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import Task
+from prefect import Task, task
+from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
 from recsys.data.dataset import DenseSplit, IdMap, Split
@@ -32,35 +33,45 @@ STAGE_VERSIONS: dict[str, str] = {
     "llmrec-evaluate": "2",  # 2: metrics gain ndcg_official
 }
 
-KeyExtra = Callable[[Mapping[str, Any]], Any]
-CacheKeyFn = Callable[[TaskRunContext, dict[str, Any]], str | None]
+RefOf = Callable[[Mapping[str, Any]], ArtifactRef]
 
 
-def stage_ref(stage: str, params: Mapping[str, Any], extra: KeyExtra | None = None) -> ArtifactRef:
+def stage_ref(stage: str, params: Mapping[str, Any]) -> ArtifactRef:
     """The output address of `stage` called with `params` (store_root excluded)."""
     keyed = {k: v for k, v in params.items() if k != "store_root"}
-    if extra is not None:
-        keyed["_extra"] = extra(params)
     return ArtifactRef(stage, content_key(stage, STAGE_VERSIONS[stage], keyed))
 
 
-def keyed_on(ref_of: Callable[[Mapping[str, Any]], ArtifactRef]) -> CacheKeyFn:
-    """A Prefect `cache_key_fn` that keys a task run on the content key of the output it writes."""
-
-    def key(_: TaskRunContext, params: dict[str, Any]) -> str | None:
-        ref = ref_of(params)
-        store = ArtifactStore(params["store_root"])
-        cache_key = f"{ref.stage}-{ref.key}"
-        if not store.exists(ref) and (store.root / PREFECT_RESULTS / cache_key).exists():
-            return None  # the cached result would point at an artifact someone deleted: run again
-        return cache_key
-
-    return key
+def table_digests(store: ArtifactStore, refs: list[str], table: str) -> list[list[str]]:
+    """[ref, sha256 of its `table`] for each written ref: what a key covers of inputs whose rows can change under
+    one ref (an augment batch completed by a re-run)."""
+    return [[str(r), store.manifest(r)["artifacts"][table]["sha256"]] for r in refs if store.exists(r)]
 
 
-def cache_key_fn(stage: str, extra: KeyExtra | None = None) -> CacheKeyFn:
-    """`keyed_on` for a stage whose key is all of its parameters but `store_root` (plus `extra`)."""
-    return keyed_on(lambda params: stage_ref(stage, params, extra))
+@dataclass
+class ArtifactCache(CachePolicy):
+    """Keys a task run on the address of the artifact it writes (`ref_of(parameters)`), "<stage>-<key>". Only a run
+    that succeeds persists its result (in the store: `bind`), so one that failed after writing (an augment batch
+    with failed items) runs again; a result cached for an artifact no longer in the store gives no key: a run."""
+
+    ref_of: RefOf | None = None
+
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> str | None:
+        assert self.ref_of is not None
+        ref = self.ref_of(inputs)
+        key = f"{ref.stage}-{ref.key}"
+        if not ArtifactStore(inputs["store_root"]).exists(ref) and task_ctx.result_store.exists(key):
+            return None  # the run writes the artifact again, and the cached ref is then true again
+        return key
+
+
+def stage_task(ref_of: str | RefOf, **options: Any) -> Callable[[Callable[..., str]], Any]:
+    """`prefect.task` for a stage, cached on the artifact that `ref_of(parameters)` addresses (a stage name means
+    `stage_ref(name, parameters)`); `options` go to `prefect.task` (name, task_run_name, ...)."""
+    if isinstance(ref_of, str):
+        ref_of = functools.partial(stage_ref, ref_of)
+    return task(cache_policy=ArtifactCache(ref_of=ref_of), result_serializer="json", persist_result=True, **options)
 
 
 def bind(task: Task, store_root: str | Path) -> Task:
@@ -70,13 +81,8 @@ def bind(task: Task, store_root: str | Path) -> Task:
 
 def read_split(store: ArtifactStore, split_ref: str) -> tuple[Split, IdMap]:
     """The raw-id split and its id map from a `split` artifact."""
-    pair = {"user_id": "int64", "item_id": "int64"}
-    split = Split(*(store.read_table(split_ref, part, columns=pair) for part in ("train", "valid", "test")))
-    ids = IdMap.from_frames(
-        store.read_table(split_ref, "user_map", columns={"user_id": "int64", "uid": "int64"}),
-        store.read_table(split_ref, "item_map", columns={"item_id": "int64", "iid": "int64"}),
-    )
-    return split, ids
+    split = Split(*(store.read_table(split_ref, part) for part in ("train", "valid", "test")))
+    return split, IdMap.from_frames(store.read_table(split_ref, "user_map"), store.read_table(split_ref, "item_map"))
 
 
 def read_dense_split(store: ArtifactStore, split_ref: str) -> tuple[DenseSplit, IdMap]:

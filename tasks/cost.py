@@ -1,4 +1,5 @@
-"""What augmentation costs: spend so far from the ledger, the budget guard, and per-run Prefect artifacts."""
+"""What augmentation costs: the budget guard, and the Prefect artifacts of one run. The ledger is summed by
+recsys/costs.py, the same way as for `llmrec cost`."""
 
 from __future__ import annotations
 
@@ -7,16 +8,8 @@ from dataclasses import dataclass
 import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from recsys.costs import summarize, totals
 from storage.ledger import read_ledger
-
-
-def run_ledger(ledger_root: str, flow_run_id: str) -> pd.DataFrame:
-    """This flow run's ledger rows (rows still being written by running batches included)."""
-    return read_ledger(ledger_root, flow_run_id=flow_run_id)
-
-
-def spent_usd(rows: pd.DataFrame) -> float:
-    return float(rows["cost_usd"].fillna(0).sum()) if len(rows) else 0.0
 
 
 @dataclass
@@ -32,41 +25,29 @@ class Budget:
     flow_run_id: str
 
     def spent(self) -> float:
-        return spent_usd(run_ledger(self.ledger_root, self.flow_run_id))
+        return float(totals(read_ledger(self.ledger_root, flow_run_id=self.flow_run_id))["cost_usd"])
 
-    def allows(self, finished_batches: list[str], running: int, stage: str) -> bool:
+    def allows(self, stage: str, finished: list[int], running: int) -> bool:
         """Whether one more batch of `stage` may start, given the batches (by number) already finished."""
         if self.max_cost_usd is None:
             return True
-        rows = run_ledger(self.ledger_root, self.flow_run_id)
-        spent = spent_usd(rows)
-        done = rows[(rows["stage"] == stage) & rows["batch"].isin(finished_batches)] if len(rows) else rows
+        rows = read_ledger(self.ledger_root, flow_run_id=self.flow_run_id)
+        spent = float(totals(rows)["cost_usd"])
+        done = rows[(rows["stage"] == stage) & rows["batch"].isin([str(b) for b in finished])]
         if not len(done):
             return running == 0 and spent < self.max_cost_usd
-        estimate = float(done.groupby("batch")["cost_usd"].sum().max())
-        return spent + (running + 1) * estimate <= self.max_cost_usd
+        dearest = float(summarize(done, ["batch"])["cost_usd"].max())
+        return spent + (running + 1) * dearest <= self.max_cost_usd
 
 
-def cost_table(rows: pd.DataFrame, failures: dict[str, int]) -> list[dict[str, object]]:
-    """Calls, cache hits, tokens, cost and failed items per stage and model."""
-    out: list[dict[str, object]] = []
-    if len(rows):
-        grouped = rows.groupby(["stage", "model"], dropna=False)
-        for (stage, model), g in grouped:
-            http = g[~g["cached"]]
-            out.append({
-                "stage": stage, "model": model,
-                "http_calls": int(len(http)), "cache_hits": int(g["cached"].sum()),
-                "errors": int((http["outcome"] != "ok").sum()),
-                "prompt_tokens": int(http["prompt_tokens"].sum()),
-                "completion_tokens": int(http["completion_tokens"].sum()),
-                "cost_usd": round(spent_usd(g), 6),
-                "failed_items": int(failures.get(str(stage), 0)),
-            })
-    seen = {r["stage"] for r in out}
-    out += [{"stage": s, "model": "", "http_calls": 0, "cache_hits": 0, "errors": 0, "prompt_tokens": 0,
-             "completion_tokens": 0, "cost_usd": 0.0, "failed_items": n} for s, n in failures.items() if s not in seen]
-    return out
+def cost_table(rows: pd.DataFrame, failures: pd.DataFrame) -> list[dict[str, object]]:
+    """recsys/costs.py `totals` per stage and model, with the failed items of each stage."""
+    failed = failures["stage"].value_counts().to_dict() if len(failures) else {}
+    table = summarize(rows, ["stage", "model"]).round({"cost_usd": 6})
+    out = [{**r, "failed_items": int(failed.get(r["stage"], 0))} for r in table.to_dict("records")]
+    seen = set(table["stage"])  # stages with failed items but no ledger row in this run
+    return out + [{"stage": s, "model": "", **totals(rows.iloc[:0]), "failed_items": int(n)}
+                  for s, n in failed.items() if s not in seen]
 
 
 def budget_lines(run_usd: float, ledger_usd: float, budget: float | None, ledger_root: str) -> str:
@@ -79,14 +60,16 @@ def budget_lines(run_usd: float, ledger_usd: float, budget: float | None, ledger
             f"\nThis run is **{status}**.\n")
 
 
-def publish_cost(rows: pd.DataFrame, failures: dict[str, int], budget: float | None, total_usd: float,
-                 ledger_root: str) -> None:
-    """Prefect artifacts of one augment run: the cost table, and this run's spend and the ledger's running total
-    (`total_usd`, every run in `ledger_root`) against the budget."""
+def publish_cost(rows: pd.DataFrame, failures: pd.DataFrame, budget: float | None, ledger_root: str) -> float:
+    """Prefect artifacts of one augment run (its ledger `rows` and failed items): the cost table, and this run's
+    spend and the ledger's running total (every run in `ledger_root`) against the budget. Returns the spend."""
     table = cost_table(rows, failures)
     create_table_artifact(key="augment-cost", table=table, description="LLM calls, tokens, cost and failures")
-    md = "# Augmentation cost\n\n" + budget_lines(spent_usd(rows), total_usd, budget, ledger_root)
-    md += ("\n| stage | model | http calls | cache hits | cost USD | failed |\n|---|---|---|---|---|---|\n"
-           + "".join(f"| {r['stage']} | {r['model']} | {r['http_calls']} | {r['cache_hits']} | {r['cost_usd']} | "
+    spent = float(totals(rows)["cost_usd"])
+    ledger_usd = float(totals(read_ledger(ledger_root))["cost_usd"])
+    md = "# Augmentation cost\n\n" + budget_lines(spent, ledger_usd, budget, ledger_root)
+    md += ("\n| stage | model | calls | cache hits | cost USD | failed |\n|---|---|---|---|---|---|\n"
+           + "".join(f"| {r['stage']} | {r['model']} | {r['calls']} | {r['cache_hits']} | {r['cost_usd']} | "
                      f"{r['failed_items']} |\n" for r in table))
     create_markdown_artifact(key="augment-cost-summary", markdown=md, description="spend against budget")
+    return spent

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from recsys.config import DataConfig, SplitConfig
 from recsys.data.dataset import Dataset
@@ -14,7 +14,7 @@ from recsys.data.download import ensure_movielens
 from recsys.data.loading import build_id_map, load_dataset, make_split
 from storage.keys import files_fingerprint
 from storage.store import ArtifactRef, ArtifactStore
-from tasks.common import keyed_on, read_split, stage_ref
+from tasks.common import stage_ref, stage_task
 
 KNOWN_DATASETS = ("ml-100k", "ml-1m")
 # Where the data lies is not what it is: these fields are left out of the dataset's key (its files' bytes are in).
@@ -30,9 +30,11 @@ def _files_under(path: Path | None) -> list[Path]:
 def dataset_artifact(params: Mapping[str, Any]) -> ArtifactRef:
     """The dataset's address: its settings and the names and bytes of its files, not where they lie, so that the
     same data reached by another path (relative or absolute, a copy) is the same dataset and an edited file is a
-    new one."""
+    new one. A MovieLens archive is fetched first, so that the address covers its files' bytes."""
     cfg: DataConfig = params["data"]
     known = cfg.dataset in KNOWN_DATASETS
+    if known:
+        ensure_movielens(cfg.dataset, cfg.resolved_data_dir())  # type: ignore[arg-type]
     source = cfg.resolved_data_dir() / cfg.dataset if known else Path(cfg.dataset).expanduser()
     keyed = {
         "data": {**cfg.model_dump(mode="json", exclude=DATA_LOCATIONS), "dataset": cfg.dataset if known else None},
@@ -54,16 +56,11 @@ def split_artifact(params: Mapping[str, Any]) -> ArtifactRef:
     return stage_ref("split", keyed)
 
 
-@task(name="load-dataset", cache_key_fn=keyed_on(dataset_artifact), result_serializer="json",
-      persist_result=True)
+@stage_task(dataset_artifact, name="load-dataset")
 def load_data(store_root: str, data: DataConfig) -> str:
     """Load interactions, items and users into the store; returns the `dataset` ref."""
     store = ArtifactStore(store_root)
-    if data.dataset in KNOWN_DATASETS:  # fetched first, so that the key below covers the files' bytes
-        ensure_movielens(data.dataset, data.resolved_data_dir())  # type: ignore[arg-type]
     ref = dataset_artifact({"data": data})
-    if store.exists(ref):
-        return str(ref)
     ds = load_dataset(data)
     with store.write(ref.stage, ref.key, {"data": data}) as w:
         w.table("interactions", ds.interactions)
@@ -90,15 +87,12 @@ def read_dataset(store: ArtifactStore, dataset_ref: str) -> Dataset:
     )
 
 
-@task(name="split", cache_key_fn=keyed_on(split_artifact), result_serializer="json",
-      persist_result=True)
+@stage_task(split_artifact, name="split")
 def split_data(store_root: str, dataset_ref: str, split: SplitConfig) -> str:
     """Split the dataset into train/valid/test and store them with the raw<->dense id maps; returns the ref."""
     store = ArtifactStore(store_root)
     params = {"dataset_ref": dataset_ref, "split": split}
     ref = split_artifact(params)
-    if store.exists(ref):
-        return str(ref)
     ds = read_dataset(store, dataset_ref)
     parts = make_split(ds, split)
     ids = build_id_map(ds, parts)
@@ -113,6 +107,3 @@ def split_data(store_root: str, dataset_ref: str, split: SplitConfig) -> str:
         split.method, len(parts.train), len(parts.valid), len(parts.test), ids.n_users, ids.n_items,
     )
     return str(ref)
-
-
-__all__ = ["load_data", "read_dataset", "read_split", "split_data"]

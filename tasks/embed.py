@@ -19,19 +19,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from recsys.config import EmbedConfig
 from recsys.embed.base import make_embedder
 from recsys.embed.cache import CachedEmbedder, VectorCache
-from recsys.embed.features import load_feature_file
 from recsys.embed.texts import TEXTS_VERSION, texts_for
 from recsys.llm.client import UsageEvent
-from storage.keys import content_key, file_sha256
+from storage.keys import content_key
 from storage.ledger import LedgerWriter, store_ledger_root
 from storage.store import ArtifactRef, ArtifactStore
-from tasks.common import keyed_on
+from tasks.common import stage_task, table_digests
 from tasks.ratelimit import prefect_rate_limit_hook
 
 STAGE = "embed"
@@ -57,10 +56,6 @@ def table_of(source: str) -> str:
     return TABLES.get(source, "rows")
 
 
-def _input_digests(store: ArtifactStore, refs: list[str], table: str) -> list[list[str]]:
-    return [[str(r), store.manifest(r)["artifacts"][table]["sha256"]] for r in refs]
-
-
 def embed_ref(params: Mapping[str, Any]) -> ArtifactRef:
     """The output address of one source: only what changes the vectors is part of the key."""
     cfg: EmbedConfig = params["embed"]
@@ -68,7 +63,7 @@ def embed_ref(params: Mapping[str, Any]) -> ArtifactRef:
     table = table_of(params["source"])
     keyed = {"source": params["source"], "texts": TEXTS_VERSION, "backend": cfg.backend,
              "model": cfg.resolved_model, "dimensions": cfg.dimensions,
-             "inputs": _input_digests(store, list(params["input_refs"]), table)}
+             "inputs": table_digests(store, list(params["input_refs"]), table)}
     return ArtifactRef(STAGE, content_key(STAGE, STAGE_VERSION, keyed))
 
 
@@ -87,21 +82,18 @@ def _write(store: ArtifactStore, ref: ArtifactRef, params: Any, ids: np.ndarray,
 
 def read_embeddings(store: ArtifactStore, ref: str) -> tuple[np.ndarray, np.ndarray]:
     """(raw ids int64 [n], float32 [n, dim]) of an `embed` artifact, row i the vector of ids[i]."""
-    index = store.read_table(ref, "index", columns={"id": "int64", "row": "int64"})
+    index = store.read_table(ref, "index")
     matrix = store.read_tensors(ref, "embeddings")["embeddings"]
     return index["id"].to_numpy(), matrix[index["row"].to_numpy()]
 
 
-@task(name="embed-source", task_run_name="embed-{source}", cache_key_fn=keyed_on(embed_ref),
-      result_serializer="json", persist_result=True)
+@stage_task(embed_ref, name="embed-source", task_run_name="embed-{source}")
 def embed_source(store_root: str, source: str, input_refs: list[str], embed: EmbedConfig,
                  ledger_root: str | None = None) -> str:
     """Embed one feature source's texts (cached by text hash) and store matrix + id index."""
     store = ArtifactStore(store_root)
     params = {"source": source, "input_refs": list(input_refs), "embed": embed}
     ref = embed_ref({**params, "store_root": store_root})
-    if store.exists(ref):
-        return str(ref)
     logger = get_run_logger()
     table = table_of(source)
     frames = [store.read_table(r, table) for r in input_refs]
@@ -138,35 +130,4 @@ def embed_source(store_root: str, source: str, input_refs: list[str], embed: Emb
     _write(store, ref, params, ids, matrix, summary)
     logger.info("%s: %d vectors (%d from cache, %d computed in %d calls)", source, len(ids), s.hits, s.computed,
                 s.calls)
-    return str(ref)
-
-
-def import_ref(params: Mapping[str, Any]) -> ArtifactRef:
-    keyed = {"name": params["name"], "files": [file_sha256(params["matrix_path"]),
-                                               file_sha256(params["index_path"])],
-             "dataset": params.get("dataset_ref")}
-    return ArtifactRef(STAGE, content_key(STAGE + "-import", STAGE_VERSION, keyed))
-
-
-@task(name="import-features", task_run_name="import-{name}", cache_key_fn=keyed_on(import_ref),
-      result_serializer="json", persist_result=True)
-def import_features(store_root: str, name: str, matrix_path: str, index_path: str,
-                    dataset_ref: str | None = None) -> str:
-    """A user-supplied feature matrix (.npy / .safetensors + id index), validated against the dataset's item ids
-    (user ids for a "user_*" name) when `dataset_ref` is given, stored like an embedded source."""
-    from recsys.models.llmrec import feature_group
-
-    side, _ = feature_group(name)  # the name must be one the LLMRec model accepts
-    store = ArtifactStore(store_root)
-    params = {"name": name, "matrix_path": str(matrix_path), "index_path": str(index_path),
-              "dataset_ref": dataset_ref}
-    ref = import_ref(params)
-    if store.exists(ref):
-        return str(ref)
-    known = None
-    if dataset_ref is not None and side == "item":
-        known = store.read_table(dataset_ref, "items")["item_id"].to_numpy()
-    ids, matrix = load_feature_file(matrix_path, index_path, known)
-    _write(store, ref, params, ids, matrix, {"source": name, "backend": "file", "n": len(ids),
-                                              "dim": int(matrix.shape[1])})
     return str(ref)

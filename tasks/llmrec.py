@@ -14,38 +14,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from prefect import get_run_logger, task
 
 from recsys.config import EvalConfig, LLMRecConfig, TrainConfig
 from recsys.data.dataset import DenseSplit, IdMap
 from recsys.embed.features import align
-from recsys.eval.ranking import evaluate
 from recsys.models.llmrec import LLMRec, build_llmrec, feature_group
 from recsys.train.augmented import EDGE_COLUMNS, AugmentedEdges
-from recsys.train.trainer import resolve_device
-from storage.store import ArtifactStore
-from tasks.common import cache_key_fn, read_dense_split, stage_ref
+from storage.store import ArtifactRef, ArtifactStore
+from tasks.common import read_dense_split, stage_ref, stage_task, table_digests
 from tasks.embed import read_embeddings
-from tasks.train import fit_and_store
+from tasks.train import fit_and_store, restore, store_metrics
 
 EDGE_TABLE = "rows"  # of augment-edges batches
 
 
-def _edge_digests(params: Mapping[str, Any]) -> list[list[str]] | None:
-    refs = params.get("edge_refs")
-    if refs is None:
-        return None
-    store = ArtifactStore(params["store_root"])
-    return [[str(r), store.manifest(r)["artifacts"][EDGE_TABLE]["sha256"]] for r in refs if store.exists(r)]
-
-
-def train_params(split_ref: str, edge_refs: list[str] | None, feature_refs: Mapping[str, str],
-                 llmrec: LLMRecConfig, train: TrainConfig, eval: EvalConfig) -> dict[str, Any]:
-    return {"split_ref": split_ref, "edge_refs": None if edge_refs is None else list(edge_refs),
-            "feature_refs": dict(sorted(feature_refs.items())), "llmrec": llmrec, "train": train, "eval": eval}
+def llmrec_ref(params: Mapping[str, Any]) -> ArtifactRef:
+    """The output address of `train_llmrec`: its parameters and the sha256 of each written edge batch's rows."""
+    refs = params["edge_refs"]
+    digests = None if refs is None else table_digests(ArtifactStore(params["store_root"]), refs, EDGE_TABLE)
+    return stage_ref("llmrec", {**params, "_extra": digests})
 
 
 def read_features(store: ArtifactStore, feature_refs: Mapping[str, str],
@@ -82,16 +71,14 @@ def _inputs(store: ArtifactStore, split_ref: str,
     return data, ids, features, coverage
 
 
-@task(name="train-llmrec", task_run_name="train-llmrec-{train.seed}",
-      cache_key_fn=cache_key_fn("llmrec", _edge_digests), result_serializer="json", persist_result=True)
+@stage_task(llmrec_ref, name="train-llmrec", task_run_name="train-llmrec-{train.seed}")
 def train_llmrec(store_root: str, split_ref: str, edge_refs: list[str] | None, feature_refs: dict[str, str],
                  llmrec: LLMRecConfig, train: TrainConfig, eval: EvalConfig) -> str:
     """Train LLMRec with early stopping on VALID; store the best checkpoint, the history and fit.json."""
     store = ArtifactStore(store_root)
-    params = train_params(split_ref, edge_refs, feature_refs, llmrec, train, eval)
-    ref = stage_ref("llmrec", {**params, "store_root": store_root}, _edge_digests)
-    if store.exists(ref):
-        return str(ref)
+    params = {"split_ref": split_ref, "edge_refs": edge_refs, "feature_refs": feature_refs, "llmrec": llmrec,
+              "train": train, "eval": eval}
+    ref = llmrec_ref({**params, "store_root": store_root})
     data, ids, features, coverage = _inputs(store, split_ref, feature_refs)
     augmented = read_edges(store, edge_refs, ids)
     net = build_llmrec(llmrec, data, features, augmented=augmented, seed=train.seed)
@@ -108,24 +95,14 @@ def load_llmrec(store: ArtifactStore, train_ref: str, device: str = "auto") -> t
     p = store.manifest(train_ref)["params"]
     data, _, features, _ = _inputs(store, p["split_ref"], p["feature_refs"])
     net = build_llmrec(LLMRecConfig.model_validate(p["llmrec"]), data, features)
-    arrays = store.read_tensors(train_ref, "checkpoint")
-    net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
-    return net.to(resolve_device(device)).eval(), data
+    return restore(store, train_ref, net, device), data
 
 
-@task(name="evaluate-llmrec", task_run_name="evaluate-llmrec", cache_key_fn=cache_key_fn("llmrec-evaluate"),
-      result_serializer="json", persist_result=True)
+@stage_task("llmrec-evaluate", name="evaluate-llmrec", task_run_name="evaluate-llmrec")
 def evaluate_llmrec(store_root: str, train_ref: str, eval: EvalConfig, device: str = "auto") -> str:
     """Full-ranking metrics of a trained LLMRec on VALID (train masked) and TEST (train and valid masked)."""
     store = ArtifactStore(store_root)
     params = {"train_ref": train_ref, "eval": eval, "device": device}
     ref = stage_ref("llmrec-evaluate", params)
-    if store.exists(ref):
-        return str(ref)
-    net, data = load_llmrec(store, train_ref, device)
-    with torch.no_grad():
-        metrics = {part: evaluate(net, data, part, eval.ks, eval.batch_users) for part in ("valid", "test")}
-    with store.write(ref.stage, ref.key, params) as w:
-        w.json("metrics", metrics)
-    get_run_logger().info("llmrec test %s", ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items()))
+    store_metrics(store, ref, params, *load_llmrec(store, train_ref, device), eval)
     return str(ref)

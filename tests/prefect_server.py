@@ -13,23 +13,20 @@ Not a test module: tests/conftest.py registers it as a plugin, so any test may t
 
 Every server gets its own temporary PREFECT_HOME (database, profiles, default result storage), listens on a free
 127.0.0.1 port and runs its scheduler every second, so a deployment schedule fires within seconds; workers poll
-every second. Processes are stopped by their own PIDs (and process groups, which also ends the flow-run processes
-a worker started) in order: workers first, then the server — when the `with` block ends, when the fixture is torn
-down after a failing test, and at interpreter exit.
+every second. Processes are started by the project's one launcher (`llmsim.launch.Process`) and stopped with their
+process groups (which also ends the flow-run processes a worker started) in order: workers first, then the
+server — when the `with` block ends, when the fixture is torn down after a failing test, and at interpreter exit.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -37,10 +34,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmsim.launch import Process
+
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 STARTUP_TIMEOUT_S = 90.0  # a fresh SQLite DB runs every migration: 13-16 s idle on 2 cores, more under load
-STOP_GRACE_S = 10.0
 CLI_TIMEOUT_S = 120.0
 
 # Settings for fast, quiet, offline runs, plus loops short enough for tests.
@@ -60,60 +58,10 @@ FAST_SETTINGS: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
 }
 
-_LIVE: set[PrefectServer] = set()
-_LIVE_LOCK = threading.Lock()
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _stop_process(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the process's group (it leads one: started with a new session), then SIGKILL after `grace_s`."""
-    pgid = process.pid
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            process.wait(timeout=grace_s)
-    # Children that outlived their leader (a flow run started by a worker): same group, same fate.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-class Logged:
-    """A subprocess whose stdout+stderr go to a file, started in its own process group."""
-
-    def __init__(self, name: str, cmd: list[str], env: Mapping[str, str], cwd: Path, log_dir: Path) -> None:
-        self.name = name
-        self.cmd = cmd
-        self.log_path = log_dir / f"{name}.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(cmd, cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """Stop it and everything it started; idempotent."""
-        _stop_process(self.process)
 
 
 class PrefectServer:
@@ -130,8 +78,8 @@ class PrefectServer:
         env.update({"PREFECT_HOME": str(home), "PREFECT_API_URL": self.api_url})
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
         self.env: dict[str, str] = env
-        self.workers: list[Logged] = []
-        self.server: Logged | None = None
+        self.workers: list[Process] = []
+        self.server: Process | None = None
 
     # --- clients -------------------------------------------------------------------------------------------------
     def cli(self, *args: str, check: bool = True, cwd: Path | None = None, timeout: float = CLI_TIMEOUT_S,
@@ -165,25 +113,23 @@ class PrefectServer:
 
     # --- processes -----------------------------------------------------------------------------------------------
     def start_worker(self, pool: str, *, cwd: Path | None = None, limit: int | None = None,
-                     env: Mapping[str, str] | None = None, timeout_s: float = 60.0) -> Logged:
+                     env: Mapping[str, str] | None = None, timeout_s: float = 60.0) -> Process:
         """`prefect worker start --pool POOL` (polling every second); returns once it reports that it started."""
         cmd = [PREFECT, "worker", "start", "--pool", pool, "--type", "process",
                "--name", f"{pool}-worker-{len(self.workers)}"]
         if limit is not None:
             cmd += ["--limit", str(limit)]
-        worker = Logged(f"worker-{len(self.workers)}", cmd, {**self.env, **(env or {})}, cwd or REPO, self.home)
+        name = f"worker-{len(self.workers)}"
+        worker = Process(cmd, env={**self.env, **(env or {})}, cwd=cwd or REPO, log_path=self.home / f"{name}.log",
+                         name=name)
         self.workers.append(worker)
-        deadline = time.monotonic() + timeout_s
-        while "started!" not in worker.log():
-            if not worker.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker for pool {pool!r} did not start:\n{worker.log()}")
-            time.sleep(0.2)
+        worker.wait_for("started!", timeout_s)
         return worker
 
     def start(self) -> None:
         """Start the server and wait for /api/health (at most 90 s)."""
         cmd = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
-        self.server = Logged("server", cmd, self.env, REPO, self.home)
+        self.server = Process(cmd, env=self.env, cwd=REPO, log_path=self.home / "server.log", name="server")
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not self.healthy():
             if not self.server.alive():
@@ -207,8 +153,6 @@ class PrefectServer:
         if self.server is not None:
             with contextlib.suppress(Exception):
                 self.server.stop()
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
 
     def __repr__(self) -> str:
         return f"PrefectServer(api_url={self.api_url!r}, home={str(self.home)!r})"
@@ -224,8 +168,6 @@ def running_prefect_server(**settings: str) -> Iterator[PrefectServer]:
     try:
         for _ in range(3):  # the free port can be taken before the server binds it: try another one
             server = PrefectServer(home, _free_port(), settings)
-            with _LIVE_LOCK:
-                _LIVE.add(server)
             try:
                 server.start()
                 break
@@ -241,16 +183,6 @@ def running_prefect_server(**settings: str) -> Iterator[PrefectServer]:
         if server is not None:
             server.stop()
         shutil.rmtree(home, ignore_errors=True)
-
-
-@atexit.register
-def _stop_all() -> None:
-    """Stop whatever a crashed test left running (workers before their server)."""
-    with _LIVE_LOCK:
-        servers = list(_LIVE)
-    for server in servers:
-        with contextlib.suppress(Exception):
-            server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import string
 
 import pytest
 
-from recsys.augment.parse import extract_json, validate_attributes, validate_edges, validate_profile
+from recsys.augment.parse import InvalidAnswer, extract_json, validate_attributes, validate_edges, validate_profile
 from recsys.augment.prompts import ItemText, UserContext
 
 CTX = UserContext(
@@ -21,16 +21,25 @@ PROFILE = {"age": 34, "gender": "Female", "liked_genres": ["Drama", "Comedy"], "
            "liked_directors": ["Ang Lee"], "country": "USA", "language": "English"}
 
 
+def rejection(validate: object, *args: object) -> str | None:
+    """The reason `validate(*args)` rejects its answer with, None when it accepts it."""
+    try:
+        validate(*args)  # type: ignore[operator]
+    except InvalidAnswer as exc:
+        return str(exc)
+    return None
+
+
 def test_extract_plain_fenced_and_prose() -> None:
-    assert extract_json('{"liked": 1, "disliked": 2}').value == {"liked": 1, "disliked": 2}
+    assert extract_json('{"liked": 1, "disliked": 2}') == {"liked": 1, "disliked": 2}
     fenced = 'Sure! Here it is:\n```json\n{"liked": 3, "disliked": 4}\n```\nHope that helps {really}.'
-    assert extract_json(fenced).value == {"liked": 3, "disliked": 4}
-    assert extract_json("```\n{\"a\": 1}\n```").value == {"a": 1}
+    assert extract_json(fenced) == {"liked": 3, "disliked": 4}
+    assert extract_json("```\n{\"a\": 1}\n```") == {"a": 1}
     prose = 'I think the answer is {"liked": 5, "disliked": 6} because of the genres.'
-    assert extract_json(prose).value == {"liked": 5, "disliked": 6}
-    # braces inside strings do not end the object; the first balanced object wins
+    assert extract_json(prose) == {"liked": 5, "disliked": 6}
+    # braces inside strings do not end the object; the first object wins
     tricky = 'x {"t": "a } b { c", "n": {"m": [1, 2]}} {"other": 1}'
-    assert extract_json(tricky).value == {"t": "a } b { c", "n": {"m": [1, 2]}}
+    assert extract_json(tricky) == {"t": "a } b { c", "n": {"m": [1, 2]}}
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -43,14 +52,14 @@ def test_extract_plain_fenced_and_prose() -> None:
     ("x" * 100_001, "answer is not JSON: the answer is 100001 characters long"),
 ])
 def test_extract_rejects(text: str | None, reason: str) -> None:
-    verdict = extract_json(text)
-    assert not verdict.ok and verdict.value is None
-    assert verdict.reason.startswith(reason)
+    with pytest.raises(InvalidAnswer) as info:
+        extract_json(text)
+    assert str(info.value).startswith(reason)
 
 
 def test_edges_valid_maps_indices_to_item_ids() -> None:
-    verdict = validate_edges('```json\n{"liked": 0, "disliked": 9}\n```', CTX)
-    assert verdict.ok and verdict.value == {"pos_item_id": 200, "neg_item_id": 209}
+    assert validate_edges('```json\n{"liked": 0, "disliked": 9}\n```', CTX) == {"pos_item_id": 200,
+                                                                                "neg_item_id": 209}
 
 
 @pytest.mark.parametrize("answer, reason", [
@@ -65,24 +74,21 @@ def test_edges_valid_maps_indices_to_item_ids() -> None:
     ([1, 2], "answer is not JSON: no '{' found"),
 ])
 def test_edges_rejects(answer: object, reason: str) -> None:
-    verdict = validate_edges(json.dumps(answer), CTX)
-    assert (verdict.ok, verdict.reason) == (False, reason)
+    assert rejection(validate_edges, json.dumps(answer), CTX) == reason
 
 
 def test_edges_rejects_items_in_training_history() -> None:
     ctx = UserContext(1, CTX.history, [ItemText(100, "Heat", 1995, "Action"), ItemText(7, "X", None, ""),
                                        ItemText(101, "Old", None, "")], frozenset({100, 101}))
-    assert validate_edges('{"liked": 0, "disliked": 1}', ctx).reason == (
+    assert rejection(validate_edges, '{"liked": 0, "disliked": 1}', ctx) == (
         "liked item 100 is in the user's training history")
-    assert validate_edges('{"liked": 1, "disliked": 2}', ctx).reason == (
+    assert rejection(validate_edges, '{"liked": 1, "disliked": 2}', ctx) == (
         "disliked item 101 is in the user's training history")
-    assert validate_edges('{"liked": 1, "disliked": 0}', ctx).reason.endswith("is in the user's training history")
+    assert rejection(validate_edges, '{"liked": 1, "disliked": 0}', ctx).endswith("is in the user's training history")
 
 
 def test_profile_valid_is_normalised() -> None:
-    verdict = validate_profile("Profile:\n" + json.dumps({**PROFILE, "extra": 1}))
-    assert verdict.ok
-    assert verdict.value == {**PROFILE, "gender": "female"}
+    assert validate_profile("Profile:\n" + json.dumps({**PROFILE, "extra": 1})) == {**PROFILE, "gender": "female"}
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -101,13 +107,12 @@ def test_profile_valid_is_normalised() -> None:
     ({"language": 5}, "language 5 is not a string"),
 ])
 def test_profile_rejects(change: dict, reason: str) -> None:
-    verdict = validate_profile(json.dumps({**PROFILE, **change}))
-    assert (verdict.ok, verdict.reason) == (False, reason)
+    assert rejection(validate_profile, json.dumps({**PROFILE, **change})) == reason
 
 
 def test_profile_missing_field() -> None:
     answer = {k: v for k, v in PROFILE.items() if k != "country"}
-    assert validate_profile(json.dumps(answer)).reason == "missing field 'country'"
+    assert rejection(validate_profile, json.dumps(answer)) == "missing field 'country'"
 
 
 def _entry(item_id: object, **fields: str) -> dict:
@@ -129,10 +134,10 @@ def test_attributes_partial_answer_keeps_valid_entries() -> None:
         _entry(99),  # not asked: ignored
         "garbage",
     ]}
-    verdict = validate_attributes("```json\n" + json.dumps(answer) + "\n```", asked)
-    assert verdict.valid == {1: {"director": "Ridley Scott", "country": "UK", "language": "English"},
+    valid, invalid = validate_attributes("```json\n" + json.dumps(answer) + "\n```", asked)
+    assert valid == {1: {"director": "Ridley Scott", "country": "UK", "language": "English"},
                              7: {"director": "Ridley Scott", "country": "Unknown", "language": "unknown"}}
-    assert verdict.invalid == {
+    assert invalid == {
         2: "item 2: country is empty",
         3: "item 3 appears 2 times in the answer",
         4: "item 4: missing field 'country'",
@@ -148,8 +153,7 @@ def test_attributes_partial_answer_keeps_valid_entries() -> None:
     ('{"items": {"id": 1}}', 'items {"id": 1} is not a list'),
 ])
 def test_attributes_whole_answer_rejected(text: str, reason: str) -> None:
-    verdict = validate_attributes(text, {1: "A", 2: "B"})
-    assert verdict.valid == {} and verdict.invalid == {1: reason, 2: reason}
+    assert rejection(validate_attributes, text, {1: "A", 2: "B"}) == reason
 
 
 def test_validators_never_raise_on_junk() -> None:
@@ -157,9 +161,12 @@ def test_validators_never_raise_on_junk() -> None:
     alphabet = string.printable + "{}[]\"'"
     for _ in range(400):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
-        for verdict in (validate_edges(text, CTX), validate_profile(text)):
-            assert verdict.ok or verdict.reason
-        attrs = validate_attributes(text, {1: "A"})
-        assert set(attrs.valid) | set(attrs.invalid) == {1}
+        for validate, args in ((validate_edges, (text, CTX)), (validate_profile, (text,))):
+            assert rejection(validate, *args) != ""  # a value, or a reason
+        try:
+            valid, invalid = validate_attributes(text, {1: "A"})
+            assert set(valid) | set(invalid) == {1}
+        except InvalidAnswer as exc:
+            assert str(exc)
     deep = "[" * 5000 + "]" * 5000
-    assert not validate_profile("{" + '"a": ' + deep + "}").ok
+    assert rejection(validate_profile, "{" + '"a": ' + deep + "}")

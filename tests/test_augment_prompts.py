@@ -20,10 +20,10 @@ from recsys.augment.prompts import (
     edges_messages,
     item_line,
     profile_messages,
-    prompt_hash,
     sanitize,
 )
 from recsys.data.split import random_split
+from recsys.llm.cache import prompt_hash
 
 
 def _items(ids: list[int]) -> pd.DataFrame:

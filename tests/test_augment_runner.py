@@ -28,7 +28,6 @@ from recsys.augment.prompts import (
     UserContext,
     attributes_messages,
     edges_messages,
-    prompt_hash,
 )
 from recsys.augment.runner import (
     ItemOutcome,
@@ -37,6 +36,7 @@ from recsys.augment.runner import (
     failures_frame,
     profiles_frame,
 )
+from recsys.llm.cache import prompt_hash
 
 TAGS = {"stage": "test", "batch": "0"}
 PROFILE = {"age": 30, "gender": "male", "liked_genres": ["Drama"], "disliked_genres": ["Horror"],
@@ -262,7 +262,7 @@ def test_attributes_failures_are_bounded_and_per_item() -> None:
     stubborn = FakeClient(lambda m, n: _attrs([10, 11]))
     out = augment_attributes(stubborn, items, items_per_request=5, max_reasks=1, max_workers=1, tags=TAGS)
     assert [(o.key, o.ok, o.asks) for o in out] == [(10, True, 1), (11, True, 1), (12, False, 2)]
-    assert out[2].reason == "invalid after 2 asks: item 12 is missing from the answer"
+    assert out[2].reason == "invalid after 2 answers: item 12 is missing from the answer"
     assert out[2].raw == _attrs([10, 11])
 
 

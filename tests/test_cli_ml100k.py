@@ -1,4 +1,4 @@
-"""`llmrec train` end to end on real MovieLens 100K with the shared reference split, as a user runs it."""
+"""`llmrec base` end to end on real MovieLens 100K with the shared reference split, as a user runs it."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from tests.conftest import REPO
 
 
 @pytest.mark.slow
-def test_llmrec_train_on_reference_split(ml100k_dir, reference_split_dir, tmp_path):
+def test_llmrec_base_on_reference_split(ml100k_dir, reference_split_dir, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "LLMREC_DATA_DIR": str(ml100k_dir.parent), "LLMREC_STORE": str(tmp_path / "store")}
-    cmd = [sys.executable, "-m", "flows.cli", "train", "--model", "mf", "--epochs", "3",
+    cmd = [sys.executable, "-m", "flows.cli", "base", "--model", "mf", "--epochs", "3",
            "--split-dir", str(reference_split_dir), "--out", str(out), "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -39,7 +39,7 @@ def test_llmrec_train_on_reference_split(ml100k_dir, reference_split_dir, tmp_pa
 def test_bad_dataset_path_gives_one_clear_error(tmp_path):
     env = {**os.environ, "LLMREC_STORE": str(tmp_path / "store")}
     missing = tmp_path / "nope.csv"
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--dataset", str(missing), "--out",
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "base", "--dataset", str(missing), "--out",
                            str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     # stdout holds one clear line; stderr holds Prefect's log of the failed task run.

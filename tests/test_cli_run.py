@@ -27,7 +27,8 @@ def fake_flow(calls: list[dict[str, Any]]):
     def run_flow(config: RunConfig, store_root: str | None, out_dir: str, base_url: str | None,
                  variants: list[str]) -> dict:
         alive = httpx.get(f"{base_url}/models", timeout=10).status_code if "127.0.0.1" in str(base_url) else None
-        calls.append({"config": config, "base_url": base_url, "out": out_dir, "alive": alive, "variants": variants})
+        calls.append({"config": config, "base_url": base_url, "out": out_dir, "alive": alive, "variants": variants,
+                      "store": store_root})
         return {"report": "# fake report"}
     return run_flow
 
@@ -53,9 +54,12 @@ def test_run_with_url_starts_nothing(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(flows.run, "run_flow", fake_flow(calls))
     started = []
     monkeypatch.setattr(cli, "local_llm_server", lambda: started.append(1))
+    monkeypatch.setenv("LLMREC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LLMREC_STORE", str(tmp_path / "store"))
     res = CliRunner().invoke(cli.app, ["run", "--base-url", "http://example.invalid/v1", "--out",
                                        str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
+    assert calls[0]["config"].data.data_dir == tmp_path / "data" and calls[0]["store"] == str(tmp_path / "store")
     assert not started and "local LLM server" not in res.output
     assert calls[0]["base_url"] == "http://example.invalid/v1" and calls[0]["config"].llm.model == LLMConfig().model
     assert calls[0]["variants"] == ["llmrec"]

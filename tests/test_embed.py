@@ -22,7 +22,7 @@ from recsys.llm.limits import clear_shared_limiters
 from recsys.llm.pricing import cost_usd
 
 if TYPE_CHECKING:
-    from tests.llm_server import RunningServer
+    from llmsim.launch import LLMServer
 
 ITEMS = pd.DataFrame({"item_id": [3, 1, 2], "title": ["Four Rooms (1995)", "Toy Story (1995)", "Heat"],
                       "year": pd.array([1995, 1995, None], dtype="Int64"),
@@ -111,7 +111,7 @@ def test_local_backend_shape_norm_and_throughput(local: LocalEmbedder, tmp_path:
 
 
 # --- remote backend against the real local server ---------------------------------------------------------------
-def test_remote_backend_counts_tokens_and_repeats_without_http(llm_server: RunningServer, local: LocalEmbedder,
+def test_remote_backend_counts_tokens_and_repeats_without_http(llm_server: LLMServer, local: LocalEmbedder,
                                                                tmp_path: Path) -> None:
     from recsys.embed.remote import RemoteEmbedder
 
@@ -143,7 +143,7 @@ def test_remote_backend_counts_tokens_and_repeats_without_http(llm_server: Runni
     assert llm_server.stats()["requests"] == 3 and events == []
 
 
-def test_remote_backend_retries_server_errors(llm_server: RunningServer) -> None:
+def test_remote_backend_retries_server_errors(llm_server: LLMServer) -> None:
     from recsys.embed.remote import RemoteEmbedder
 
     clear_shared_limiters()

@@ -18,6 +18,7 @@ import pytest
 from prefect.artifacts import Artifact
 
 from flows.augment import AugmentFailed, augment_flow
+from llmsim.launch import start_llm_server
 from recsys.config import (
     AugmentConfig,
     AugmentRunConfig,
@@ -30,7 +31,6 @@ from recsys.config import (
 from storage.ledger import LedgerWriter, read_ledger
 from tests.conftest import REPO
 from tests.conftest import SMALL_USERS as N_USERS
-from tests.llm_server import start_llm_server
 
 
 def config(data: DataConfig, base_url: str, split: SplitConfig | None = None, llm: dict | None = None,
@@ -95,7 +95,7 @@ def test_rerun_asks_only_failed_batches_and_ledger_matches_server(small_movielen
         cost = Artifact.get("augment-cost")  # the run's Prefect artifact: calls, cost and failures per stage
         table = {r["stage"]: r for r in (json.loads(cost.data) if isinstance(cost.data, str) else cost.data)}
         assert table["edges"]["failed_items"] + table["profiles"]["failed_items"] == len(failed)
-        assert table["edges"]["errors"] > 0 and table["edges"]["http_calls"] > 0
+        assert table["edges"]["failed_calls"] > 0 and table["edges"]["calls"] > 0
 
         server.set_faults()  # the endpoint recovers
         server.reset()

@@ -21,6 +21,7 @@ from prefect.client.schemas.filters import (
 
 from flows.run import run_flow
 from flows.train import train_flow
+from llmsim.launch import start_llm_server
 from recsys.config import (
     AugmentConfig,
     DataConfig,
@@ -31,9 +32,8 @@ from recsys.config import (
     TrainConfig,
 )
 from recsys.eval.report import COLUMNS, metrics_frame, metrics_rows, report_markdown, summary_frame
-from tests.llm_server import start_llm_server
 
-UNCACHED = ("plan-batches", "collect-stage")  # cheap bookkeeping tasks with no content key
+UNCACHED = ("plan-batches", "collect-stage", "close-run")  # bookkeeping tasks with no content key
 SUBFLOWS = re.compile(r"^(base|augment|embed)-\d+$")  # the task runs that stand for subflow runs in their parent
 
 

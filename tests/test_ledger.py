@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from storage.ledger import COLUMNS, LedgerWriter, ledger_summary, read_ledger
+from recsys.costs import totals
+from storage.ledger import COLUMNS, LedgerWriter, read_ledger
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,8 +46,8 @@ def test_round_trip_compacts_to_parquet(tmp_path: Path) -> None:
     assert frame.loc[0, "timestamp"] == pd.Timestamp(datetime.fromtimestamp(1_700_000_000, UTC))
     assert json.loads(frame.loc[0, "tags"]) == {"stage": "edges"}
     assert pd.isna(frame.loc[6, "cost_usd"])
-    summary = ledger_summary(frame)
-    assert summary["http_attempts"] == 6 and summary["cache_hits"] == 1 and summary["failed_attempts"] == 1
+    summary = totals(frame)
+    assert summary["calls"] == 6 and summary["cache_hits"] == 1 and summary["failed_calls"] == 1
     assert summary["cost_usd"] == pytest.approx(5 * 2.1e-5)
 
 

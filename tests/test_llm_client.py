@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from llmsim.launch import start_llm_server
 from recsys.config import LLMConfig
 from recsys.llm.cache import ResponseCache
 from recsys.llm.client import (
@@ -27,15 +28,14 @@ from recsys.llm.client import (
     LLMClient,
     LLMConfigError,
     UsageEvent,
-    parse_retry_after,
     resolve_endpoint,
 )
 from recsys.llm.limits import clear_shared_limiters
 from recsys.llm.pricing import PriceTable, cost_usd, load_price_table, price_known
+from recsys.llm.retry import parse_retry_after
 from recsys.llm.tokens import count_message_tokens, count_tokens
 from storage.ledger import LedgerWriter, read_ledger
 from tests.conftest import REPO
-from tests.llm_server import start_llm_server
 
 ANSWER = '{"liked": 0, "disliked": 1}'
 

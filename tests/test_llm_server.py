@@ -17,14 +17,15 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from typer.testing import CliRunner
 
-from recsys.llm.server import heuristics as h
-from recsys.llm.server.__main__ import build_parser, fault_config
-from recsys.llm.server.app import canonical_hash
+from flows.cli import app
+from llmsim import heuristics as h
+from recsys.llm.cache import prompt_hash
 from recsys.llm.tokens import count_message_tokens, count_tokens
 
 if TYPE_CHECKING:
-    from tests.llm_server import RunningServer
+    from llmsim.launch import LLMServer
 
 
 
@@ -76,7 +77,7 @@ def attributes_messages(movies: dict[int, str]) -> list[dict[str, str]]:
     return [{"role": "system", "content": ATTRIBUTES_SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 
-def client_for(server: RunningServer, timeout: float = 30.0) -> openai.OpenAI:
+def client_for(server: LLMServer, timeout: float = 30.0) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0, timeout=timeout)
 
 
@@ -86,7 +87,7 @@ def chat(client: openai.OpenAI, messages: list[dict[str, str]], **kw: object) ->
 
 
 @pytest.fixture()
-def faulty(llm_server: RunningServer) -> Iterator[RunningServer]:
+def faulty(llm_server: LLMServer) -> Iterator[LLMServer]:
     """The module's server with clean stats; every fault is switched off again afterwards."""
     llm_server.set_faults()
     llm_server.reset()
@@ -97,13 +98,13 @@ def faulty(llm_server: RunningServer) -> Iterator[RunningServer]:
 
 
 # --- endpoints -------------------------------------------------------------------------------------------------------
-def test_models_list(llm_server: RunningServer) -> None:
+def test_models_list(llm_server: LLMServer) -> None:
     models = client_for(llm_server).models.list()
     assert [m.id for m in models.data] == ["llmrec-heuristic"]
     assert "not a language model" in models.data[0].model_extra["description"]
 
 
-def test_edges_pick_closest_and_farthest(llm_server: RunningServer) -> None:
+def test_edges_pick_closest_and_farthest(llm_server: LLMServer) -> None:
     messages = edges_messages(STAR_TREK, CANDIDATES)
     response = client_for(llm_server).chat.completions.create(model="any-model", messages=messages)
     answer = json.loads(response.choices[0].message.content)
@@ -115,7 +116,7 @@ def test_edges_pick_closest_and_farthest(llm_server: RunningServer) -> None:
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
 
 
-def test_profile_fields_and_rules(llm_server: RunningServer) -> None:
+def test_profile_fields_and_rules(llm_server: LLMServer) -> None:
     client = client_for(llm_server)
     romance = json.loads(chat(client, profile_messages(ROMANCE)))
     assert set(romance) == {"age", "gender", "liked_genres", "disliked_genres", "liked_directors", "country",
@@ -130,7 +131,7 @@ def test_profile_fields_and_rules(llm_server: RunningServer) -> None:
     assert romance["age"] > trek["age"]  # older films -> an older viewer (rule in heuristics.profile)
 
 
-def test_attributes_one_entry_per_movie(llm_server: RunningServer) -> None:
+def test_attributes_one_entry_per_movie(llm_server: LLMServer) -> None:
     movies = {12: "Postino, Il (1994) | 1994 | Comedy, Drama", 7: "Toy Story (1995) | 1995 | Animation, Comedy",
               301: "Contempt (Mépris, Le) (1963) | 1963 | Drama"}
     answer = json.loads(chat(client_for(llm_server), attributes_messages(movies)))
@@ -142,14 +143,14 @@ def test_attributes_one_entry_per_movie(llm_server: RunningServer) -> None:
     assert all(item["director"] == h.UNKNOWN_DIRECTOR for item in answer["items"])
 
 
-def test_max_tokens_truncates(llm_server: RunningServer) -> None:
+def test_max_tokens_truncates(llm_server: LLMServer) -> None:
     response = client_for(llm_server).chat.completions.create(model="m", messages=profile_messages(ROMANCE),
                                                               max_tokens=5)
     assert response.choices[0].finish_reason == "length"
     assert response.usage.completion_tokens <= 5
 
 
-def test_embeddings_float_and_base64(llm_server: RunningServer) -> None:
+def test_embeddings_float_and_base64(llm_server: LLMServer) -> None:
     client = client_for(llm_server)
     texts = ["Star Trek: First Contact | 1996 | Sci-Fi", "Star Trek: Generations | 1994 | Sci-Fi",
              "Babe | 1995 | Children's, Comedy"]
@@ -164,7 +165,7 @@ def test_embeddings_float_and_base64(llm_server: RunningServer) -> None:
     assert np.allclose(decoded, vectors[0], atol=1e-6)
 
 
-def test_unrecognised_prompt_is_400(llm_server: RunningServer) -> None:
+def test_unrecognised_prompt_is_400(llm_server: LLMServer) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         chat(client_for(llm_server), [{"role": "user", "content": "Tell me a joke."}])
     assert info.value.status_code == 400
@@ -173,7 +174,7 @@ def test_unrecognised_prompt_is_400(llm_server: RunningServer) -> None:
         chat(client_for(llm_server), edges_messages(STAR_TREK, CANDIDATES[:1]))
 
 
-def test_concurrent_requests(llm_server: RunningServer) -> None:
+def test_concurrent_requests(llm_server: LLMServer) -> None:
     client = client_for(llm_server)
     results: list[str] = []
     lock = threading.Lock()
@@ -192,7 +193,7 @@ def test_concurrent_requests(llm_server: RunningServer) -> None:
 
 
 # --- admin -----------------------------------------------------------------------------------------------------------
-def test_admin_stats_reset_and_answer_counts(faulty: RunningServer) -> None:
+def test_admin_stats_reset_and_answer_counts(faulty: LLMServer) -> None:
     client = client_for(faulty)
     first, second = profile_messages(ROMANCE), profile_messages(STAR_TREK)
     chat(client, first)
@@ -202,7 +203,7 @@ def test_admin_stats_reset_and_answer_counts(faulty: RunningServer) -> None:
     chat(client, second)  # a 200 answer with invalid content: billed, but not counted as an answer
     stats = faulty.stats()
     assert stats["requests"] == 4 and stats["by_status"] == {"200": 4} and stats["chat_ok"] == 3
-    assert stats["prompt_answer_counts"] == {canonical_hash(first): 2, canonical_hash(second): 1}
+    assert stats["prompt_answer_counts"] == {prompt_hash(first): 2, prompt_hash(second): 1}
     assert stats["prompt_tokens"] == 2 * count_message_tokens(first) + 2 * count_message_tokens(second)
     assert stats["completion_tokens"] >= 3 * response.usage.completion_tokens
     assert stats["faults"] == {"malformed": 1}
@@ -215,7 +216,7 @@ def test_admin_stats_reset_and_answer_counts(faulty: RunningServer) -> None:
 
 
 # --- faults ----------------------------------------------------------------------------------------------------------
-def test_rate_limit_429_with_retry_after(faulty: RunningServer) -> None:
+def test_rate_limit_429_with_retry_after(faulty: LLMServer) -> None:
     faulty.set_faults(rpm_limit=2)
     client = client_for(faulty)
     chat(client, profile_messages(ROMANCE))
@@ -227,7 +228,7 @@ def test_rate_limit_429_with_retry_after(faulty: RunningServer) -> None:
     assert faulty.stats()["by_status"] == {"200": 2, "429": 1}
 
 
-def _error_pattern(server: RunningServer, n: int) -> list[bool]:
+def _error_pattern(server: LLMServer, n: int) -> list[bool]:
     client = client_for(server)
     pattern = []
     for _ in range(n):
@@ -240,7 +241,7 @@ def _error_pattern(server: RunningServer, n: int) -> list[bool]:
     return pattern
 
 
-def test_error_rate_is_roughly_right_and_seeded(faulty: RunningServer) -> None:
+def test_error_rate_is_roughly_right_and_seeded(faulty: LLMServer) -> None:
     faulty.set_faults(error_rate=0.3, seed=7)
     pattern = _error_pattern(faulty, 80)
     assert 12 <= sum(pattern) <= 36
@@ -249,7 +250,7 @@ def test_error_rate_is_roughly_right_and_seeded(faulty: RunningServer) -> None:
     assert faulty.stats()["by_status"]["500"] == 2 * sum(pattern)
 
 
-def test_malformed_answers_are_not_json(faulty: RunningServer) -> None:
+def test_malformed_answers_are_not_json(faulty: LLMServer) -> None:
     faulty.set_faults(malformed_rate=1.0)
     text = chat(client_for(faulty), edges_messages(STAR_TREK, CANDIDATES))
     assert text and "{" not in text
@@ -257,7 +258,7 @@ def test_malformed_answers_are_not_json(faulty: RunningServer) -> None:
         json.loads(text)
 
 
-def test_out_of_candidates(faulty: RunningServer) -> None:
+def test_out_of_candidates(faulty: LLMServer) -> None:
     faulty.set_faults(out_of_candidates_rate=1.0, seed=3)
     for _ in range(4):
         answer = json.loads(chat(client_for(faulty), edges_messages(STAR_TREK, CANDIDATES)))
@@ -265,7 +266,7 @@ def test_out_of_candidates(faulty: RunningServer) -> None:
     assert faulty.stats()["chat_ok"] == 0
 
 
-def test_drop_closes_the_connection(faulty: RunningServer) -> None:
+def test_drop_closes_the_connection(faulty: LLMServer) -> None:
     faulty.set_faults(drop_rate=1.0)
     with pytest.raises(openai.APIConnectionError) as info:
         chat(client_for(faulty), profile_messages(ROMANCE))
@@ -275,7 +276,7 @@ def test_drop_closes_the_connection(faulty: RunningServer) -> None:
     assert faulty.stats()["by_status"] == {"dropped": 1, "200": 1}
 
 
-def test_hang_times_out_without_blocking_others(faulty: RunningServer) -> None:
+def test_hang_times_out_without_blocking_others(faulty: LLMServer) -> None:
     faulty.set_faults(hang_rate=1.0, hang_s=1.5)
     started = time.monotonic()
     with pytest.raises(openai.APITimeoutError):
@@ -310,7 +311,7 @@ def test_hang_times_out_without_blocking_others(faulty: RunningServer) -> None:
     assert stats["by_status"] == {"disconnected": 1, "200": 2} and stats["faults"] == {"hang": 2}
 
 
-def test_fail_match_always_500(faulty: RunningServer) -> None:
+def test_fail_match_always_500(faulty: LLMServer) -> None:
     faulty.set_faults(fail_match="Casablanca")
     client = client_for(faulty)
     for _ in range(3):
@@ -320,23 +321,24 @@ def test_fail_match_always_500(faulty: RunningServer) -> None:
     assert faulty.stats()["faults"] == {"fail_match": 3}
 
 
-def test_latency(faulty: RunningServer) -> None:
+def test_latency(faulty: LLMServer) -> None:
     faulty.set_faults(latency_ms=300)
     started = time.monotonic()
     chat(client_for(faulty), profile_messages(ROMANCE))
     assert time.monotonic() - started >= 0.3
 
 
-def test_cli_flags_and_env(llm_server_factory: Callable[..., RunningServer]) -> None:
-    with llm_server_factory(error_rate=1.0, fail_match="zzz", rpm_limit=50, seed=5) as server:
+def test_cli_flags_and_env(llm_server_factory: Callable[..., LLMServer]) -> None:
+    env = {"LLMREC_SERVER_ERROR_RATE": "0.1", "LLMREC_SERVER_HANG_S": "2"}  # a flag wins over the environment
+    with llm_server_factory(error_rate=1.0, fail_match="zzz", rpm_limit=50, seed=5, env=env) as server:
         faults = httpx.get(f"{server.root_url}/admin/faults").json()
         assert (faults["error_rate"], faults["fail_match"], faults["rpm_limit"], faults["seed"]) == (1.0, "zzz", 50, 5)
+        assert faults["hang_s"] == 2.0
         with pytest.raises(openai.InternalServerError):
             chat(client_for(server), profile_messages(ROMANCE))
     assert not server.alive()
-    args = build_parser().parse_args(["--error-rate", "0.5"])
-    config = fault_config(args, {"LLMREC_SERVER_ERROR_RATE": "0.1", "LLMREC_SERVER_HANG_S": "2"})
-    assert (config.error_rate, config.hang_s) == (0.5, 2.0)
+    bad = CliRunner().invoke(app, ["llm-server", "--error-rate", "2"])
+    assert bad.exit_code == 2 and "invalid fault settings" in bad.output
 
 
 # --- heuristics without HTTP -----------------------------------------------------------------------------------------

@@ -28,11 +28,11 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.ops import OpsError, rerun
+from llmsim.launch import LLMServer, start_llm_server
 from recsys.config import AugmentConfig, AugmentRunConfig, DataConfig, LLMConfig, ModelConfig, SplitConfig, TrainConfig
 from recsys.data.loading import load_dataset, make_split
 from storage.ledger import read_ledger, store_ledger_root
 from tests.conftest import REPO
-from tests.llm_server import RunningServer, start_llm_server
 from tests.prefect_server import PrefectServer
 
 POOL = "llmrec-process"
@@ -124,7 +124,7 @@ def batch_states(server: PrefectServer, run: FlowRun) -> dict[int, str]:
     return states
 
 
-def test_rerun_executes_only_failed_batches(deployed: PrefectServer, llm: RunningServer, small_movielens: Path,
+def test_rerun_executes_only_failed_batches(deployed: PrefectServer, llm: LLMServer, small_movielens: Path,
                                             paths: dict[str, Path]):
     cfg = augment_config(small_movielens, llm.base_url)
     with deployed.api():
@@ -199,7 +199,7 @@ def train_histories(dataset: Path) -> dict[int, frozenset[int]]:
     return {int(u): frozenset(g["item_id"]) for u, g in train.groupby("user_id")}
 
 
-def test_schedule_fires_and_nightly_run_asks_only_changed_prompts(deployed: PrefectServer, llm: RunningServer,
+def test_schedule_fires_and_nightly_run_asks_only_changed_prompts(deployed: PrefectServer, llm: LLMServer,
                                                                   small_movielens: Path, paths: dict[str, Path]):
     """Runs after the rerun test, on its (now complete) store: new ratings of one user arrive, a schedule fires,
     and only the users whose profile prompt (training history) changed are asked again."""

@@ -16,11 +16,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 from typer.testing import CliRunner
 
-from flows.augment import OUTPUT_FILES, _check_runner, run_augment
+from flows.augment import _check_runner, run_augment
 from flows.cli import app
 from flows.dask_workers import LlmrecDaskTaskRunner, profiler_running
 from flows.embed import run_embed
 from flows.runners import runner_kind, task_runner, worker_env
+from llmsim.launch import start_llm_server
 from recsys.config import (
     AugmentConfig,
     AugmentRunConfig,
@@ -33,8 +34,8 @@ from recsys.config import (
 )
 from storage.ledger import read_ledger
 from storage.store import ArtifactStore
+from tasks.augment import OUTPUT_FILES
 from tasks.embed import read_embeddings
-from tests.llm_server import start_llm_server
 from tests.prefect_server import running_prefect_server
 
 

@@ -26,7 +26,7 @@ def test_table_roundtrip_and_manifest(tmp_path):
         w.table("train", _frame())
     ref = ArtifactRef("split", "abc123")
     assert store.exists(ref)
-    back = store.read_table(ref, "train", columns={"user_id": "int64", "item_id": "int64"})
+    back = store.read_table(ref, "train")
     pd.testing.assert_frame_equal(back, _frame())
     entry = store.manifest(ref)["artifacts"]["train"]
     assert entry["rows"] == 3
@@ -49,14 +49,27 @@ def test_schema_and_checksum_are_validated(tmp_path):
     store = ArtifactStore(tmp_path)
     with store.write("split", "k2") as w:
         w.table("train", _frame())
-    with pytest.raises(ArtifactError, match="expected columns"):
-        store.read_table("split/k2", "train", columns={"user_id": "string"})
     path = store.folder("split/k2") / "train.parquet"
     _frame().assign(item_id=[1, 1, 1]).to_parquet(path, index=False)  # same schema, other bytes
     with pytest.raises(ArtifactError, match="corrupted"):
         store.read_table("split/k2", "train")
     with pytest.raises(ArtifactError, match="has no 'valid'"):
         store.read_table("split/k2", "valid", verify=False)
+
+
+def test_tables_between_stages_keep_their_schema(tmp_path):
+    store = ArtifactStore(tmp_path)
+    wrong = "split table 'train' breaks its schema: column 'user_id' is large_string, expected int64"
+    with pytest.raises(ArtifactError, match=wrong), store.write("split", "k1") as w:
+        w.table("train", _frame().astype({"user_id": "string"}))
+    with pytest.raises(ArtifactError, match=r"column 'uid' \(int64\) is missing"), store.write("split", "k1") as w:
+        w.table("user_map", _frame())
+    assert not store.exists("split/k1")
+    with store.write("other", "k2") as w:  # a stage without schemas: written as it is
+        w.table("train", _frame().astype({"item_id": "float64"}))
+    (tmp_path / "other").rename(tmp_path / "split")  # as if other code had written it as a split
+    with pytest.raises(ArtifactError, match="train.parquet breaks its schema: column 'item_id' is double, expected"):
+        store.read_table("split/k2", "train")
 
 
 def test_tensors_roundtrip_numpy_and_torch(tmp_path):

@@ -80,6 +80,16 @@ def test_early_stopping_and_best_epoch_follow_valid() -> None:
     assert "ndcg@10" in reports[0].describe() and "best" in reports[-1].describe()
 
 
+def test_an_exception_raised_by_on_epoch_propagates() -> None:
+    def prune(report: EpochReport) -> None:  # as a pruner or an interrupted progress bar would
+        if report.epoch == 2 and report.valid is not None:
+            raise RuntimeError(f"pruned at epoch {report.epoch}")
+
+    model = build_model(ModelConfig(name="mf", embedding_dim=8), checkerboard(), seed=0)
+    with pytest.raises(RuntimeError, match="pruned at epoch 2"):
+        fit(model, checkerboard(), quick_cfg(max_epochs=10), EVAL, on_epoch=prune)
+
+
 def test_eval_every_and_final_epoch() -> None:
     data = checkerboard()
     model = build_model(ModelConfig(name="mf", embedding_dim=8), data, seed=0)

@@ -29,7 +29,9 @@ def augment_edges(
             return failed(ctx.user_id, "fewer than 2 candidates: liked and disliked must differ")
         if not ctx.history:
             return failed(ctx.user_id, "no training history")
-        return ask_until_valid(client, ctx.user_id, edges_messages(ctx), lambda text: validate_edges(text, ctx),
-                               template_version=EDGES_VERSION, max_reasks=max_reasks, tags=tags)
+        (outcome,) = ask_until_valid(client, [ctx.user_id], lambda _: edges_messages(ctx),
+                                     lambda text, keys: ({keys[0]: validate_edges(text, ctx)}, {}),
+                                     template_version=EDGES_VERSION, max_reasks=max_reasks, tags=tags)
+        return outcome
 
     return run_parallel(one, users, max_workers)

@@ -24,7 +24,9 @@ def augment_profiles(
     def one(ctx: UserContext) -> ItemOutcome:
         if not ctx.history:
             return failed(ctx.user_id, "no training history")
-        return ask_until_valid(client, ctx.user_id, profile_messages(ctx), validate_profile,
-                               template_version=PROFILES_VERSION, max_reasks=max_reasks, tags=tags)
+        (outcome,) = ask_until_valid(client, [ctx.user_id], lambda _: profile_messages(ctx),
+                                     lambda text, keys: ({keys[0]: validate_profile(text)}, {}),
+                                     template_version=PROFILES_VERSION, max_reasks=max_reasks, tags=tags)
+        return outcome
 
     return run_parallel(one, users, max_workers)

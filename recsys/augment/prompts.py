@@ -11,8 +11,6 @@ field is sanitised first, so an item title cannot add prompt lines or fake `[i]`
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -137,12 +135,6 @@ def attributes_messages(items: Sequence[ItemText]) -> Messages:
         raise ValueError("attributes_messages needs at least one item")
     lines = ["Movies:", *(f"[{int(item.item_id)}] {item_line(item)}" for item in items), ATTRIBUTES_INSTRUCTION]
     return [{"role": "system", "content": ATTRIBUTES_SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
-
-
-def prompt_hash(messages: Messages) -> str:
-    """sha256 of the canonical JSON of the messages (the LLM server hashes the same form)."""
-    canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def item_texts(items: pd.DataFrame, item_ids: Iterable[int] | None = None) -> dict[int, ItemText]:

@@ -19,8 +19,9 @@ from typing import Any, Protocol, TypeVar, cast
 import pandas as pd
 import pyarrow as pa
 
-from recsys.augment.parse import PROFILE_LISTS, Verdict
-from recsys.augment.prompts import Messages, prompt_hash
+from recsys.augment.parse import PROFILE_LISTS, InvalidAnswer
+from recsys.augment.prompts import Messages
+from recsys.llm.cache import prompt_hash
 
 logger = logging.getLogger("llmrec.augment")
 
@@ -28,6 +29,8 @@ CORRECTION = "Your answer was invalid: {reason}. Answer again with JSON only in 
 
 T = TypeVar("T")
 R = TypeVar("R")
+# (answer, asked keys) -> (valid value per key, reason per key); raises InvalidAnswer for the whole answer.
+Judge = Callable[[str, list[int]], tuple[dict[int, dict], dict[int, str]]]
 
 
 class ChatAnswer(Protocol):
@@ -85,39 +88,75 @@ def log_rejection(tags: dict[str, str], key: int, ask: int, reason: str) -> None
     logger.warning("%s: rejected answer for %s (ask %d): %s", tags.get("stage", "augment"), key, ask, reason)
 
 
+def _summary(reasons: dict[int, str], limit: int = 5) -> str:
+    """The distinct reasons, at most `limit` of them (a whole-answer reason is shared by every key)."""
+    distinct = list(dict.fromkeys(reasons.values()))
+    more = len(distinct) - limit
+    return "; ".join(distinct[:limit]) + (f"; and {more} more" if more > 0 else "")
+
+
 def ask_until_valid(
     client: ChatClient,
-    key: int,
-    messages: Messages,
-    validate: Callable[[str], Verdict],
+    keys: list[int],
+    prompt: Callable[[list[int]], Messages],
+    judge: Judge,
     *,
     template_version: str,
     max_reasks: int,
     tags: dict[str, str],
-) -> ItemOutcome:
-    """Ask, validate, and re-ask at most `max_reasks` times with the reason for the rejection.
+) -> list[ItemOutcome]:
+    """One outcome per key (in `keys` order) of one request for all `keys`, re-asked at most `max_reasks` times.
 
-    A transport failure (`text is None`, the client having used its own retries) ends the item at once.
+    `prompt(keys)` builds the request; `judge(answer, keys)` gives the valid values and the reasons per key, or
+    raises InvalidAnswer for the whole answer. A partial answer keeps its valid values and stays in the response
+    cache (a re-run replays it for free); the keys still missing are asked again in a fresh, smaller request. An
+    answer with nothing valid is dropped from the cache (also the last one: a re-run must not be served it again)
+    and the re-ask extends the conversation with that answer and the reasons (a fresh copy of the same request
+    would likely get the same answer). A transport failure (`text is None`, the client having used its own
+    retries) ends every pending key at once. `asks` counts the requests that included the key.
     """
-    first_hash = prompt_hash(messages)
-    conversation, raw, reason = messages, None, "no answer"
-    for ask in range(1, max_reasks + 2):
-        result = client.chat(conversation, template_version=template_version, tags=dict(tags))
+    asks, first_hash = dict.fromkeys(keys, 0), {}
+    raw: dict[int, str | None] = dict.fromkeys(keys)
+    done: dict[int, dict] = {}
+    reasons: dict[int, str] = {}
+    pending, messages, final = list(keys), prompt(list(keys)), False
+    for round_no in range(max_reasks + 1):
+        digest = prompt_hash(messages)
+        for key in pending:
+            asks[key] += 1
+            first_hash.setdefault(key, digest)
+        result = client.chat(messages, template_version=template_version, tags=dict(tags))
         if result.text is None:
-            return failed(key, result.error or "no answer from the LLM", raw=raw, asks=ask, first_hash=first_hash)
-        raw = result.text
-        verdict = validate(raw)
-        if verdict.ok:
-            return ItemOutcome(key=key, ok=True, value=verdict.value, raw=raw, reason=None, asks=ask,
-                               prompt_hash=first_hash)
-        reason = verdict.reason or "invalid answer"
-        log_rejection(tags, key, ask, reason)
-        # Also for the last answer: a re-run of this item must not be served the rejected answer again.
-        forget(client, conversation, template_version)
-        conversation = correction(conversation, raw, reason)
-    answers = max_reasks + 1
-    return failed(key, f"invalid after {answers} answer{'s' if answers > 1 else ''}: {reason}", raw=raw,
-                  asks=answers, first_hash=first_hash)
+            reasons.update(dict.fromkeys(pending, result.error or "no answer from the LLM"))
+            final = True
+            break
+        try:
+            valid, invalid = judge(result.text, pending)
+        except InvalidAnswer as exc:
+            valid, invalid = {}, dict.fromkeys(pending, str(exc))
+        raw.update(dict.fromkeys(pending, result.text))
+        done.update(valid)
+        reasons.update(invalid)
+        for key, reason in invalid.items():
+            log_rejection(tags, key, asks[key], reason)
+        if not valid:
+            forget(client, messages, template_version)
+        pending = [key for key in pending if key in invalid]
+        if not pending or round_no == max_reasks:
+            break
+        messages = prompt(pending) if valid else correction(messages, result.text, _summary(invalid))
+    return [_outcome(key, done, reasons, raw, asks, first_hash, final) for key in keys]
+
+
+def _outcome(key: int, done: dict[int, dict], reasons: dict[int, str], raw: dict[int, str | None],
+             asks: dict[int, int], first_hash: dict[int, str], final: bool) -> ItemOutcome:
+    if key in done:
+        return ItemOutcome(key=key, ok=True, value=done[key], raw=raw[key], reason=None, asks=asks[key],
+                           prompt_hash=first_hash[key])
+    reason, n = reasons.get(key, "no answer from the LLM"), asks[key]
+    if not final:
+        reason = f"invalid after {n} answer{'s' if n > 1 else ''}: {reason}"
+    return failed(key, reason, raw=raw[key], asks=n, first_hash=first_hash.get(key))
 
 
 def check_run_args(keys: Sequence[int], max_reasks: int, max_workers: int) -> None:

@@ -1,24 +1,24 @@
 """Fetch an official MovieLens archive once, verified, into the data directory.
 
 GroupLens publishes only the md5 of each zip; the sha256 of the main extracted files are pinned from verified
-copies (../shared/data/*/SOURCE.md). Both are checked, and the folder appears only after everything passed:
-the archive goes to a temp file, is extracted to a temp dir beside the target and renamed into place.
+copies (../shared/data/*/SOURCE.md). pooch downloads the archive, checks its md5 and unzips it into a temp dir
+beside the target; the extracted files' sha256 are checked, and the folder is renamed into place only after
+everything passed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import logging
 import os
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+import pooch
+import requests
 
 from recsys.data.errors import DataError
 
@@ -59,9 +59,6 @@ ARCHIVES: dict[str, ArchiveSpec] = {
     ),
 }
 
-_CHUNK = 1 << 20
-_PROGRESS_EVERY = 4 << 20  # log a progress line every 4 MiB
-
 
 class DownloadError(DataError):
     """The dataset could not be fetched (network failure, bad archive)."""
@@ -75,68 +72,34 @@ def _missing(folder: Path, required: tuple[str, ...]) -> list[str]:
     return [name for name in required if not (folder / name).is_file()]
 
 
-def _file_hash(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _verify(path: Path, algorithm: str, expected: str, label: str) -> None:
-    actual = _file_hash(path, algorithm)
-    if actual != expected.lower():
-        raise ChecksumError(f"{algorithm} mismatch for {label}: expected {expected}, got {actual}", path=path)
-
-
-def _download(url: str, dest: Path, timeout: float) -> None:
-    """Stream `url` into `dest`, logging progress; network errors become a DownloadError."""
-    log.info("downloading %s", url)
+def _download_unzip(url: str, name: str, zip_md5: str, into: Path, timeout: float) -> Path:
+    """Download `url` into `into`, check the archive's md5 (unless "") and unzip it there; return `<name>/`."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done, next_report = 0, _PROGRESS_EVERY
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                out.write(chunk)
-                done += len(chunk)
-                if done >= next_report:
-                    of = f" of {total / 2**20:.1f}" if total else ""
-                    log.info("downloaded %.1f%s MiB from %s", done / 2**20, of, url)
-                    next_report += _PROGRESS_EVERY
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # HTTPError, timeouts: OSError
-        raise DownloadError(f"could not download {url}: {exc}") from None
-    log.info("downloaded %s (%.1f MiB)", url, done / 2**20)
-
-
-def _extract(archive: Path, name: str, into: Path) -> Path:
-    """Extract the archive's `<name>/` folder into `into`; return the extracted folder."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.namelist() if m.startswith(f"{name}/")]
-            if not members:
-                raise DownloadError(f"archive has no {name}/ folder", path=archive)
-            zf.extractall(into, members=members)  # extractall drops absolute paths and '..' parts
+        pooch.retrieve(url, known_hash=f"md5:{zip_md5}" if zip_md5 else None, fname=f"{name}.zip", path=into,
+                       processor=pooch.Unzip(extract_dir="extract"), downloader=pooch.HTTPDownloader(timeout=timeout))
     except zipfile.BadZipFile as exc:
-        raise DownloadError(f"downloaded file is not a valid zip archive: {exc}", path=archive) from None
-    return into / name
+        raise DownloadError(f"{url} is not a valid zip archive: {exc}") from None
+    except ValueError as exc:  # pooch: the md5 does not match
+        raise ChecksumError(f"{url}: {exc}") from None
+    except (requests.RequestException, OSError) as exc:  # HTTP errors, timeouts, refused connections
+        raise DownloadError(f"could not download {url}: {exc}") from None
+    return into / "extract" / name
 
 
-def _fetch_into(name: str, target: Path, url: str, zip_md5: str | None, spec: ArchiveSpec,
-                sha256: Mapping[str, str], timeout: float) -> None:
+def _fetch_into(name: str, target: Path, url: str, zip_md5: str, spec: ArchiveSpec, sha256: Mapping[str, str],
+                timeout: float) -> None:
     """Download, verify and extract into a temp dir beside `target`, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     # The temp dir is on the same filesystem as the target, so the final rename is atomic.
     with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=target.parent) as tmp:
-        archive = Path(tmp) / f"{name}.zip"
-        _download(url, archive, timeout)
-        if zip_md5:
-            _verify(archive, "md5", zip_md5, f"{name}.zip from {url}")
-        extracted = _extract(archive, name, Path(tmp) / "extract")
+        extracted = _download_unzip(url, name, zip_md5, Path(tmp), timeout)
         missing = _missing(extracted, spec.required)
         if missing:
-            raise DownloadError(f"archive {url} lacks {', '.join(missing)} under {name}/", path=archive)
+            raise DownloadError(f"archive {url} lacks {', '.join(missing)} under {name}/")
         for file, expected in sha256.items():
-            _verify(extracted / file, "sha256", expected, f"{name}/{file}")
+            actual = pooch.file_hash(str(extracted / file), alg="sha256")
+            if actual != expected.lower():
+                raise ChecksumError(f"sha256 mismatch for {name}/{file}: expected {expected}, got {actual}")
         if target.is_dir() and not any(target.iterdir()):
             target.rmdir()  # an empty leftover folder would block the rename
         try:
@@ -147,8 +110,6 @@ def _fetch_into(name: str, target: Path, url: str, zip_md5: str | None, spec: Ar
                 return
             raise DownloadError(f"could not move the extracted {name} into place: {exc}", path=target) from None
     log.info("%s ready in %s", name, target)
-
-
 def ensure_movielens(
     name: MovieLensName,
     data_dir: Path,

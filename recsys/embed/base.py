@@ -3,10 +3,15 @@ text-hash cache, storage) is built on top of it and is the same for every backen
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+from recsys.config import EmbedConfig
+
+if TYPE_CHECKING:
+    from recsys.llm.client import BeforeRequest, UsageSink
 
 
 @runtime_checkable
@@ -58,17 +63,13 @@ def check_matrix(matrix: np.ndarray, n_rows: int, what: str) -> np.ndarray:
     return m
 
 
-def make_embedder(cfg: object, *, usage_sink: object = None, api_key: str | None = None,
+def make_embedder(cfg: EmbedConfig, *, usage_sink: UsageSink | None = None, api_key: str | None = None,
                   local: object | None = None, tags: dict[str, str] | None = None,
-                  before_request: Callable[[], None] | None = None) -> Embedder:
-    """The backend `cfg` (an EmbedConfig) asks for; `local` reuses an already loaded LocalEmbedder;
-    `before_request` is called before each HTTP attempt of the openai backend."""
-    from recsys.config import EmbedConfig
-
-    assert isinstance(cfg, EmbedConfig)
+                  before_request: BeforeRequest | None = None) -> Embedder:
+    """The backend `cfg` asks for; `local` reuses an already loaded LocalEmbedder; `before_request` is called
+    before each HTTP attempt of the openai backend."""
     if cfg.backend == "local":
         return LocalBackend(local, model=cfg.resolved_model, batch_size=cfg.batch_size)
     from recsys.embed.remote import RemoteEmbedder
 
-    return RemoteEmbedder(cfg, usage_sink=usage_sink, api_key=api_key, tags=tags,  # type: ignore[arg-type]
-                          before_request=before_request)
+    return RemoteEmbedder(cfg, usage_sink=usage_sink, api_key=api_key, tags=tags, before_request=before_request)

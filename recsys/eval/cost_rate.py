@@ -1,7 +1,7 @@
 """Cost per LLM augmentation strategy and its cost/improvement rate (paper Table 7).
 
 Strategy <- ledger stage: u-i edges <- "edges", item attributes <- "attributes", user profiling <- "profiles".
-Cost: the USD of the ledger's paid rows (HTTP attempts; response-cache hits cost nothing) of that stage.
+Cost: the USD of that stage's ledger rows (HTTP attempts; response-cache hits cost nothing), as `llmrec cost` sums it.
 Improvement of a strategy: what the full model gains over the ablation that lacks it (u-i edges: w/o-u-i,
 user profiling: w/o-u, item attributes: w/o-i), as the relative change of the mean test Recall@20 over seeds,
 (full - ablation) / ablation, in percent. Rate = cost / improvement, in USD per 1 % of relative improvement: the
@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from recsys.costs import summarize
+
 # strategy, ledger stage, the ablation without it (recsys/ablations.py)
 STRATEGIES = (("u-i edges", "edges", "w/o-u-i"), ("item attributes", "attributes", "w/o-i"),
               ("user profiling", "profiles", "w/o-u"))
@@ -30,11 +32,9 @@ RATE_DEFINITION = ("rate = cost USD / relative improvement of mean test R@20 (fu
 
 
 def stage_costs(ledger: pd.DataFrame) -> dict[str, float]:
-    """USD of the paid (not cached) ledger rows per stage; a stage with no row is absent."""
-    if ledger is None or not len(ledger):
-        return {}
-    paid = ledger[~ledger["cached"].astype(bool)]
-    return {str(stage): float(g["cost_usd"].fillna(0).sum()) for stage, g in paid.groupby("stage")}
+    """USD per stage, as `llmrec cost --by stage` sums it (recsys/costs.py); a stage with no row is absent."""
+    table = summarize(ledger, ["stage"])
+    return dict(zip(table["stage"], table["cost_usd"], strict=True))
 
 
 def _test_mean(frame: pd.DataFrame, variant: str) -> float:

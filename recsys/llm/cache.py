@@ -18,13 +18,13 @@ import diskcache
 
 
 def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys, no whitespace, ASCII escapes: equal values give equal strings (the same form the
-    local server and the augmentors hash prompts with)."""
+    """JSON with sorted keys, no whitespace, ASCII escapes: equal values give equal strings."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def messages_hash(messages: Sequence[Mapping[str, str]]) -> str:
-    """sha256 of the canonical JSON of a prompt's messages (the prompt's identity in outputs and server stats)."""
+def prompt_hash(messages: Sequence[Mapping[str, Any]]) -> str:
+    """sha256 hex of the canonical JSON of a prompt's messages: the prompt's identity in the augmentation outputs
+    (`prompt_hash` columns) and in the local server's answer counts."""
     return hashlib.sha256(canonical_json([dict(m) for m in messages]).encode("utf-8")).hexdigest()
 
 

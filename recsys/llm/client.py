@@ -1,16 +1,19 @@
-"""The one LLM client: OpenAI-compatible chat completions with a response cache, rate limits and one retry layer.
+"""The one LLM client: OpenAI-compatible chat completions with a response cache, rate limits and one retry layer,
+built on `Endpoint`, which every call to an OpenAI-compatible endpoint goes through (embeddings too, in
+recsys.embed.remote).
 
 It uses the official `openai` package with only standard parameters (model, messages, temperature, top_p,
 max_tokens), so it works unchanged against OpenAI, vLLM, Ollama, llama.cpp and the local test server. The SDK's
-own retries are off (`max_retries=0`): tenacity here is the only retry layer, so attempts, waits and the usage
-record of every attempt are all in one place.
+own retries are off (`max_retries=0`): tenacity (recsys.llm.retry) is the only retry layer, so attempts, waits
+and the usage record of every attempt are all in one place.
 
-A call goes: response cache -> (per attempt) in-flight slot + RPM/TPM budget -> `before_request` hook -> HTTP ->
-usage event. The hook (e.g. a limit shared by several processes) is called once per HTTP attempt, never for a
-cache hit; whatever it raises ends the call (and is not retried). Retried:
-429, 408, 409, 5xx, timeouts, dropped connections and unparseable answers, with exponential backoff and jitter, and
-never sooner than the server's Retry-After. Not retried: other 4xx (the call's result carries the error). 401/403
-and an exhausted quota raise `LLMAuthError`, since every later call would fail the same way.
+A call goes: response cache -> (per attempt) in-flight slot + RPM/TPM budget of the limiter shared by every
+client of the same (base_url, model) in the process -> `before_request` hook -> HTTP -> usage event. The hook
+(e.g. a limit shared by several processes) is called once per HTTP attempt, never for a cache hit; whatever it
+raises ends the call (and is not retried). Retried: 429, 408, 409, 5xx, timeouts, dropped connections and
+unparseable answers, with exponential backoff and jitter, and never sooner than the server's Retry-After (a 429
+pauses the whole limiter). Not retried: other 4xx (the call's result carries the error). 401/403 and an exhausted
+quota raise `LLMAuthError`, since every later call would fail the same way.
 
 The API key is handed to the SDK and to nothing else: it is not in the cache key, a usage event, a log line or an
 error string (server messages are scrubbed of it).
@@ -18,36 +21,21 @@ error string (server messages are scrubbed of it).
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Self, TypeVar
 
 import openai
-from tenacity import RetryCallState
 
-from recsys.config import LLMConfig
+from recsys.config import EndpointConfig, LLMConfig
 from recsys.llm.cache import ResponseCache, cache_key
 from recsys.llm.limits import RateLimiter, shared_limiter
 from recsys.llm.pricing import PriceTable, load_price_table
-from recsys.llm.retry import (  # noqa: F401  (re-exported: callers import these from here)
-    AUTH_STATUSES,
-    FATAL_CODES,
-    RETRY_STATUSES,
-    AttemptFailed,
-    Retryable,
-    backoff_s,
-    classify,
-    log_retry,
-    parse_retry_after,
-    retrying,
-)
+from recsys.llm.retry import AttemptFailed, Retryable, classify, retrying
 from recsys.llm.tokens import count_message_tokens, count_tokens
-
-log = logging.getLogger(__name__)
 
 BASE_URL_ENV = "OPENAI_BASE_URL"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -104,24 +92,20 @@ class UsageEvent:
         return row
 
 
-class ChatClient(Protocol):
-    """What the augmentors need from a chat client."""
-
-    def chat(
-        self, messages: list[dict[str, str]], *, template_version: str, tags: dict[str, str] | None = None
-    ) -> ChatResult: ...
-
-
 UsageSink = Callable[[UsageEvent], None]
 BeforeRequest = Callable[[], None]  # blocks until one more HTTP request may go out; raises to stop the call
+T = TypeVar("T")
 
 
-# The retry layer lives in recsys.llm.retry (shared with the embeddings client); the old names stay importable.
-_AttemptFailed = AttemptFailed
-_Retryable = Retryable
+class CallFailed(LLMError):
+    """Every attempt of one call failed (or one failed for good); the message says why, `attempts` how often."""
+
+    def __init__(self, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
 
 
-def resolve_endpoint(cfg: LLMConfig, api_key: str | None = None) -> tuple[str, str]:
+def resolve_endpoint(cfg: EndpointConfig, api_key: str | None = None) -> tuple[str, str]:
     """(base_url, api_key) from the arguments, the config and the environment (`$OPENAI_BASE_URL`, the variable
     named by `cfg.api_key_env`). A custom base_url without a key gets a placeholder key (local servers need none);
     OpenAI's own API without a key is an error."""
@@ -137,11 +121,117 @@ def resolve_endpoint(cfg: LLMConfig, api_key: str | None = None) -> tuple[str, s
     return (base_url or OPENAI_BASE_URL).rstrip("/"), key
 
 
-class LLMClient:
+class Endpoint:
+    """One model at one OpenAI-compatible endpoint: the SDK client, the shared limiter, prices, the usage sink and
+    the `before_request` hook, and `call`, the only way a request is sent (see the module docstring)."""
+
+    cfg: EndpointConfig
+    what = "LLM"  # how retry log lines name the call
+
+    def __init__(self, cfg: EndpointConfig, model: str, *, usage_sink: UsageSink | None = None,
+                 api_key: str | None = None, before_request: BeforeRequest | None = None) -> None:
+        self.model = model
+        self.base_url, self._secret = resolve_endpoint(cfg, api_key)
+        self.cfg = cfg
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=self._secret, max_retries=0,
+                                     timeout=cfg.timeout_s)
+        self.limiter: RateLimiter = shared_limiter(self.base_url, model, rpm=cfg.rpm, tpm=cfg.tpm,
+                                                   max_in_flight=cfg.max_in_flight)
+        self.prices: PriceTable = load_price_table(cfg.price_table)
+        self._sink = usage_sink
+        self._before_request = before_request
+
+    def __repr__(self) -> str:  # never the key
+        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
+
+    def call(self, send: Callable[[], tuple[T, int, int]], *, estimate: int, reserve: int, tags: dict[str, str]
+             ) -> tuple[T, int, int, int]:
+        """(value, prompt_tokens, completion_tokens, attempts) of `send` (one HTTP request and the reading of its
+        answer) retried under the limits; `estimate` is the prompt's token count, `reserve` the tokens booked
+        per attempt. Raises `CallFailed` when no attempt succeeded, `LLMAuthError` for refused credentials or
+        quota."""
+        cfg, attempts = self.cfg, 0
+
+        def one_attempt() -> tuple[T, int, int]:
+            nonlocal attempts
+            attempts += 1
+            return self._attempt(send, estimate, reserve, attempts, tags)
+
+        loop = retrying(max_attempts=cfg.max_attempts, initial=cfg.backoff_initial_s, maximum=cfg.backoff_max_s,
+                        what=self.what)
+        try:
+            return (*loop(one_attempt), attempts)
+        except Retryable as exc:
+            raise CallFailed(f"{exc.description} after {attempts} attempts", attempts) from None
+        except AttemptFailed as exc:
+            raise CallFailed(exc.description, attempts) from None
+
+    def _attempt(self, send: Callable[[], tuple[T, int, int]], estimate: int, reserve: int, attempt: int,
+                 tags: dict[str, str]) -> tuple[T, int, int]:
+        """One HTTP request under the limiter, with its usage event; raises `AttemptFailed` on failure."""
+        reservation = self.limiter.acquire(reserve)
+        actual_tokens: int | None = None
+        try:
+            if self._before_request is not None:
+                self._before_request()  # outside the classifying try: its errors are not HTTP failures
+            t0 = time.monotonic()
+            try:
+                value, pt, ct = send()
+            except Exception as exc:
+                failure = classify(exc, timeout_s=self.cfg.timeout_s, base_url=self.base_url,
+                                   scrub=self._scrub)
+                if isinstance(exc, openai.APIStatusError):
+                    actual_tokens = estimate  # the server answered at once: nothing was generated
+                if failure.retry_after and failure.outcome == "http_429":
+                    self.limiter.pause(failure.retry_after)  # the whole client backs off, not only this thread
+                self.emit(tags, attempt=attempt, outcome=failure.outcome, latency_s=time.monotonic() - t0,
+                          error=failure.description)
+                if failure.fatal:
+                    raise LLMAuthError(failure.description) from None
+                raise failure from None
+            actual_tokens = pt + ct
+        finally:
+            self.limiter.release(reservation, actual_tokens=actual_tokens)
+        self.emit(tags, attempt=attempt, outcome="ok", prompt_tokens=pt, completion_tokens=ct,
+                  latency_s=time.monotonic() - t0)
+        return value, pt, ct
+
+    def _scrub(self, text: str) -> str:
+        """Remove the API key from text that came from elsewhere (error messages may echo it)."""
+        if self._secret and self._secret != LOCAL_PLACEHOLDER_KEY and self._secret in text:
+            text = text.replace(self._secret, "***")
+        return text
+
+    def emit(self, tags: dict[str, str], *, attempt: int, outcome: str, latency_s: float, prompt_tokens: int = 0,
+             completion_tokens: int = 0, cached: bool = False, error: str | None = None) -> None:
+        """Hand one usage event to the sink (failed attempts cost 0)."""
+        if self._sink is None:
+            return
+        cost = self.prices.cost(self.model, prompt_tokens, completion_tokens, cached=cached) if outcome == "ok" else 0.0
+        self._sink(UsageEvent(
+            timestamp=time.time(), model=self.model, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, cached=cached, latency_s=latency_s, attempt=attempt,
+            outcome=outcome, cost_usd=cost, stage=tags.get("stage"), batch=tags.get("batch"), error=error,
+            tags=dict(tags),
+        ))
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LLMClient(Endpoint):
     """Chat completions through the official `openai` package; thread-safe (call `chat` from many threads).
 
-    Limits are shared by every client of the same (base_url, model) in the process; the cache is shared by every
-    client (and process) using the same `cache_dir`."""
+    The cache is shared by every client (and process) using the same `cache_dir`."""
+
+    cfg: LLMConfig
 
     def __init__(
         self,
@@ -152,20 +242,8 @@ class LLMClient:
         api_key: str | None = None,
         before_request: BeforeRequest | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.base_url, key = resolve_endpoint(cfg, api_key)
-        self._secret = key
-        self._client = openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=cfg.timeout_s)
+        super().__init__(cfg, cfg.model, usage_sink=usage_sink, api_key=api_key, before_request=before_request)
         self.cache = ResponseCache(cache_dir)
-        self.limiter: RateLimiter = shared_limiter(
-            self.base_url, cfg.model, rpm=cfg.rpm, tpm=cfg.tpm, max_in_flight=cfg.max_in_flight
-        )
-        self.prices: PriceTable = load_price_table(cfg.price_table)
-        self._sink = usage_sink
-        self._before_request = before_request
-
-    def __repr__(self) -> str:  # never the key
-        return f"LLMClient(model={self.cfg.model!r}, base_url={self.base_url!r})"
 
     # --- cache -------------------------------------------------------------------------------------------------
     def cache_key(self, messages: Sequence[Mapping[str, str]], template_version: str) -> str:
@@ -195,78 +273,39 @@ class LLMClient:
         hit = self.cache.get(key)
         if hit is not None:
             pt, ct = int(hit.get("prompt_tokens", 0)), int(hit.get("completion_tokens", 0))
-            self._emit(tags, attempt=0, outcome="ok", prompt_tokens=pt, completion_tokens=ct, cached=True,
-                       latency_s=time.monotonic() - started)
+            self.emit(tags, attempt=0, outcome="ok", prompt_tokens=pt, completion_tokens=ct, cached=True,
+                      latency_s=time.monotonic() - started)
             return ChatResult(hit["text"], pt, ct, True, 0, time.monotonic() - started, None)
 
-        prompt_estimate = count_message_tokens(messages)
-        attempts = 0
+        estimate = count_message_tokens(messages)
 
-        def one_attempt() -> tuple[str, int, int]:
-            nonlocal attempts
-            attempts += 1
-            return self._attempt(messages, prompt_estimate, attempts, tags, key)
+        def send() -> tuple[str, int, int]:
+            response = self._client.chat.completions.create(
+                model=self.cfg.model,
+                messages=messages,  # type: ignore[arg-type]
+                temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p,
+                max_tokens=self.cfg.max_tokens,
+            )
+            text, pt, ct = self._read_answer(response, estimate)
+            # Cache first, before any bookkeeping: an answer paid for is kept even if the process dies now.
+            self.cache.put(key, {"text": text, "prompt_tokens": pt, "completion_tokens": ct, "model": self.cfg.model})
+            return text, pt, ct
 
-        loop = retrying(max_attempts=self.cfg.max_attempts, initial=self.cfg.backoff_initial_s,
-                        maximum=self.cfg.backoff_max_s)
         try:
-            text, pt, ct = loop(one_attempt)
-        except _Retryable as exc:
-            return ChatResult(None, 0, 0, False, attempts, time.monotonic() - started,
-                              f"{exc.description} after {attempts} attempts")
-        except _AttemptFailed as exc:
-            return ChatResult(None, 0, 0, False, attempts, time.monotonic() - started, exc.description)
+            text, pt, ct, attempts = self.call(send, estimate=estimate, reserve=estimate + self.cfg.max_tokens,
+                                               tags=tags)
+        except CallFailed as exc:
+            return ChatResult(None, 0, 0, False, exc.attempts, time.monotonic() - started, str(exc))
         return ChatResult(text, pt, ct, False, attempts, time.monotonic() - started, None)
-
-    def _attempt(
-        self, messages: list[dict[str, str]], prompt_estimate: int, attempt: int, tags: dict[str, str], key: str
-    ) -> tuple[str, int, int]:
-        """One HTTP request under the limiter; caches the answer, emits its usage event; raises `_AttemptFailed`
-        on failure."""
-        reservation = self.limiter.acquire(prompt_estimate + self.cfg.max_tokens)
-        actual_tokens: int | None = None
-        try:
-            if self._before_request is not None:
-                self._before_request()  # outside the classifying try: its errors are not HTTP failures
-            t0 = time.monotonic()
-            try:
-                response = self._client.chat.completions.create(
-                    model=self.cfg.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    temperature=self.cfg.temperature,
-                    top_p=self.cfg.top_p,
-                    max_tokens=self.cfg.max_tokens,
-                )
-                text, pt, ct = self._read_answer(response, prompt_estimate)
-                # Cache first, before any bookkeeping: an answer paid for is kept even if the process dies now.
-                self.cache.put(key, {"text": text, "prompt_tokens": pt, "completion_tokens": ct,
-                                     "model": self.cfg.model})
-            except Exception as exc:
-                latency = time.monotonic() - t0
-                failure = self._classify(exc)
-                if isinstance(exc, openai.APIStatusError):
-                    actual_tokens = prompt_estimate  # the server answered at once: nothing was generated
-                if failure.retry_after and failure.outcome == "http_429":
-                    self.limiter.pause(failure.retry_after)  # the whole client backs off, not only this thread
-                self._emit(tags, attempt=attempt, outcome=failure.outcome, prompt_tokens=0, completion_tokens=0,
-                           cached=False, latency_s=latency, error=failure.description)
-                if failure.fatal:
-                    raise LLMAuthError(failure.description) from None
-                raise failure from None
-            actual_tokens = pt + ct
-        finally:
-            self.limiter.release(reservation, actual_tokens=actual_tokens)
-        self._emit(tags, attempt=attempt, outcome="ok", prompt_tokens=pt, completion_tokens=ct, cached=False,
-                   latency_s=time.monotonic() - t0)
-        return text, pt, ct
 
     @staticmethod
     def _read_answer(response: Any, prompt_estimate: int) -> tuple[str, int, int]:
-        """(text, prompt_tokens, completion_tokens) of a completion; `_Retryable` when it is not one."""
+        """(text, prompt_tokens, completion_tokens) of a completion; `Retryable` when it is not one."""
         try:
             message = response.choices[0].message
         except (AttributeError, IndexError, TypeError):
-            raise _Retryable("bad_response", "answer is not a chat completion", retryable=True) from None
+            raise Retryable("bad_response", "answer is not a chat completion", retryable=True) from None
         text = message.content or ""
         usage = getattr(response, "usage", None)
         if usage is not None and usage.prompt_tokens is not None:
@@ -274,46 +313,7 @@ class LLMClient:
         # Some servers omit usage: fall back to counting, so the ledger and limits still see tokens.
         return text, prompt_estimate, count_tokens(text)
 
-    def _classify(self, exc: Exception) -> _AttemptFailed:
-        """Map an SDK exception to a retryable failure, a final failure, or an auth error."""
-        return classify(exc, timeout_s=self.cfg.timeout_s, base_url=self.base_url, scrub=self._scrub)
-
-    def _wait(self, state: RetryCallState) -> float:
-        """Exponential backoff with jitter, but never less than the server's Retry-After."""
-        return backoff_s(state, initial=self.cfg.backoff_initial_s, maximum=self.cfg.backoff_max_s)
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        log_retry(state)
-
-    def _scrub(self, text: str) -> str:
-        """Remove the API key from text that came from elsewhere (error messages may echo it)."""
-        if self._secret and self._secret != LOCAL_PLACEHOLDER_KEY and self._secret in text:
-            text = text.replace(self._secret, "***")
-        return text
-
-    def _emit(self, tags: dict[str, str], *, attempt: int, outcome: str, prompt_tokens: int, completion_tokens: int,
-              cached: bool, latency_s: float, error: str | None = None) -> None:
-        if self._sink is None:
-            return
-        cost = self.prices.cost(self.cfg.model, prompt_tokens, completion_tokens, cached=cached)
-        if outcome != "ok":
-            cost = 0.0  # failed attempts are not billed
-        event = UsageEvent(
-            timestamp=time.time(), model=self.cfg.model, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, cached=cached, latency_s=latency_s, attempt=attempt,
-            outcome=outcome, cost_usd=cost, stage=tags.get("stage"), batch=tags.get("batch"), error=error,
-            tags=dict(tags),
-        )
-        self._sink(event)
-
-    # --- lifecycle ---------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Close the HTTP connections and the cache handle."""
-        self._client.close()
+        super().close()
         self.cache.close()
-
-    def __enter__(self) -> LLMClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

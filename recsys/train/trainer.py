@@ -93,8 +93,10 @@ def fit(
 ) -> FitResult:
     """Train `model` with BPR on data.train, select the best epoch by valid `train_cfg.monitor`, restore it.
 
-    Early stopping: stop after `patience` consecutive evaluations without a strictly better monitored value.
-    Seeds torch and the numpy sampling Generator from train_cfg.seed (weights are initialised by the caller).
+    Per epoch, as RecBole's Trainer.fit: `train_epoch`; every `eval_every` epochs and the last, `validate`,
+    `early_stopping` (stop after `patience` evaluations without a strictly better value) and, on a new best,
+    `checkpoint`; then `on_epoch`, whose exceptions propagate. Seeds torch and the numpy sampling Generator from
+    train_cfg.seed (weights are initialised by the caller).
     """
     start = time.perf_counter()
     if train_cfg.num_threads is not None:
@@ -103,95 +105,103 @@ def fit(
     rng = np.random.default_rng(train_cfg.seed)
     device = resolve_device(train_cfg.device)
     model.to(device)
+    train, evaluator, sampler, optimizer = _prepare(model, data, train_cfg, eval_cfg, device)
 
+    history: list[dict[str, Any]] = []
+    best_value, best_epoch, best_valid, bad, stop = -math.inf, 0, {}, 0, False
+    best_state = checkpoint(model)
+    model.train()
+    for epoch in range(1, train_cfg.max_epochs + 1):
+        t0 = time.perf_counter()
+        loss, parts = train_epoch(model, optimizer, train, sampler, rng, train_cfg, device)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} in epoch {epoch}; try a smaller lr")
+        seconds = time.perf_counter() - t0
+        valid, eval_s, is_best = None, None, False
+        if epoch % train_cfg.eval_every == 0 or epoch == train_cfg.max_epochs:
+            valid, eval_s = validate(model, evaluator)
+            best_value, bad, stop, is_best = early_stopping(valid[train_cfg.monitor], best_value, bad,
+                                                            train_cfg.patience)
+            if is_best:
+                best_epoch, best_valid, best_state = epoch, valid, checkpoint(model)
+        history.append({"epoch": epoch, "loss": loss, **parts, "seconds": seconds, "eval_seconds": eval_s,
+                        **{f"valid_{m}": v for m, v in (valid or {}).items()}})
+        if on_epoch is not None:
+            on_epoch(EpochReport(epoch, loss, parts, seconds, eval_s, valid, best_epoch, best_value, is_best, bad))
+        if stop:
+            break
+
+    model.load_state_dict(best_state)
+    eval_times = [h["eval_seconds"] for h in history if h["eval_seconds"] is not None]
+    return FitResult(best_epoch=best_epoch, best_valid=best_valid, history=history,
+                     seconds_per_epoch=float(np.median([h["seconds"] for h in history])), epochs_run=len(history),
+                     best_state=best_state, device=str(device), monitor=train_cfg.monitor, stopped_early=stop,
+                     total_seconds=time.perf_counter() - start,
+                     eval_seconds=float(np.median(eval_times)) if eval_times else float("nan"))
+
+
+def _prepare(model: Recommender, data: DenseSplit, train_cfg: TrainConfig, eval_cfg: EvalConfig,
+             device: torch.device) -> tuple[np.ndarray, RankingEvaluator, NegativeSampler, torch.optim.Optimizer]:
+    """The checked train pairs, the VALID evaluator (the monitored cutoff added to eval_cfg.ks), the negative
+    sampler and the optimizer."""
     train = _check_pairs(data.train, data, "train")
     _check_pairs(data.valid, data, "valid")
     if len(train) == 0:
         raise ValueError("no train pairs")
-    metric_name, _, k = train_cfg.monitor.partition("@")
-    ks = tuple(sorted(set(eval_cfg.ks) | {int(k)}))
-    evaluator = RankingEvaluator(data, "valid", ks, eval_cfg.batch_users)
+    _, _, k = train_cfg.monitor.partition("@")
+    evaluator = RankingEvaluator(data, "valid", tuple(sorted(set(eval_cfg.ks) | {int(k)})), eval_cfg.batch_users)
     if evaluator.users.size == 0:
         raise ValueError("no user has a valid item; early stopping needs a validation split")
     if train_cfg.lr is None or train_cfg.reg_weight is None:
         raise ValueError("lr and reg_weight are unset: pass TrainConfig.tuned_for(model_name) or set them")
-    sampler = NegativeSampler(train, data.n_users, data.n_items)
     opt_cls = torch.optim.AdamW if train_cfg.optimizer == "adamw" else torch.optim.Adam
     # The fused kernel updates each table in one pass (about 2x faster per step on CPU than the default loop).
     optimizer = opt_cls(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
                         fused=device.type in ("cpu", "cuda"))
+    return train, evaluator, NegativeSampler(train, data.n_users, data.n_items), optimizer
 
-    history: list[dict[str, Any]] = []
-    train_times: list[float] = []
-    eval_times: list[float] = []
-    best_value, best_epoch, best_valid = -math.inf, 0, {}
-    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    bad = 0
-    stopped_early = False
-    bs = train_cfg.batch_size
-    model.train()
-    for epoch in range(1, train_cfg.max_epochs + 1):
-        t0 = time.perf_counter()
-        users, pos, neg = epoch_triplets(train, sampler, train_cfg.n_negatives, rng)
-        # One host-to-device copy per epoch; batches are then views.
-        users_t = torch.from_numpy(users).to(device)
-        pos_t = torch.from_numpy(pos).to(device)
-        neg_t = torch.from_numpy(neg if train_cfg.n_negatives > 1 else neg[:, 0]).to(device)
-        loss_sum = torch.zeros((), device=device)
-        part_sums: dict[str, torch.Tensor] = {}
-        for s in range(0, len(users), bs):
-            b_users, b_pos, b_neg = users_t[s : s + bs], pos_t[s : s + bs], neg_t[s : s + bs]
-            optimizer.zero_grad(set_to_none=True)
-            loss, parts = model.loss(b_users, b_pos, b_neg, reg_weight=train_cfg.reg_weight)
-            loss.backward()
-            optimizer.step()
-            n = b_users.shape[0]
-            # Accumulate on the device; a float() per batch would force a GPU sync each step.
-            loss_sum += loss.detach() * n
-            for name, v in parts.items():
-                part_sums[name] = part_sums.get(name, 0) + torch.as_tensor(v).detach() * n
-        epoch_loss = float(loss_sum) / len(users)
-        if not math.isfinite(epoch_loss):
-            raise FloatingPointError(f"training loss became {epoch_loss} in epoch {epoch}; try a smaller lr")
-        parts_mean = {name: float(v) / len(users) for name, v in part_sums.items()}
-        seconds = time.perf_counter() - t0
-        train_times.append(seconds)
 
-        valid, eval_s, is_best = None, None, False
-        if epoch % train_cfg.eval_every == 0 or epoch == train_cfg.max_epochs:
-            t1 = time.perf_counter()
-            valid = evaluator(model)
-            eval_s = time.perf_counter() - t1
-            eval_times.append(eval_s)
-            value = valid[train_cfg.monitor]
-            if value > best_value:
-                best_value, best_epoch, best_valid, bad, is_best = value, epoch, valid, 0, True
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-        row: dict[str, Any] = {"epoch": epoch, "loss": epoch_loss, **parts_mean, "seconds": seconds,
-                               "eval_seconds": eval_s}
-        if valid is not None:
-            row.update({f"valid_{m}": v for m, v in valid.items()})
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(EpochReport(epoch, epoch_loss, parts_mean, seconds, eval_s, valid, best_epoch, best_value,
-                                 is_best, bad))
-        if bad >= train_cfg.patience:
-            stopped_early = True
-            break
+def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, train: np.ndarray, sampler: NegativeSampler,
+                rng: np.random.Generator, cfg: TrainConfig, device: torch.device) -> tuple[float, dict[str, float]]:
+    """One pass over freshly shuffled train pairs with new negatives, in mini-batches of cfg.batch_size: the mean
+    total loss over the epoch's triplets and the mean of each loss part ("bpr", "reg", ...)."""
+    users, pos, neg = epoch_triplets(train, sampler, cfg.n_negatives, rng)
+    # One host-to-device copy per epoch; batches are then views.
+    users_t = torch.from_numpy(users).to(device)
+    pos_t = torch.from_numpy(pos).to(device)
+    neg_t = torch.from_numpy(neg if cfg.n_negatives > 1 else neg[:, 0]).to(device)
+    loss_sum = torch.zeros((), device=device)
+    part_sums: dict[str, torch.Tensor] = {}
+    bs = cfg.batch_size
+    for s in range(0, len(users), bs):
+        b_users, b_pos, b_neg = users_t[s : s + bs], pos_t[s : s + bs], neg_t[s : s + bs]
+        optimizer.zero_grad(set_to_none=True)
+        loss, parts = model.loss(b_users, b_pos, b_neg, reg_weight=cfg.reg_weight)
+        loss.backward()
+        optimizer.step()
+        n = b_users.shape[0]
+        # Accumulate on the device; a float() per batch would force a GPU sync each step.
+        loss_sum += loss.detach() * n
+        for name, v in parts.items():
+            part_sums[name] = part_sums.get(name, 0) + torch.as_tensor(v).detach() * n
+    return float(loss_sum) / len(users), {name: float(v) / len(users) for name, v in part_sums.items()}
 
-    model.load_state_dict(best_state)
-    return FitResult(
-        best_epoch=best_epoch,
-        best_valid=best_valid,
-        history=history,
-        seconds_per_epoch=float(np.median(train_times)),
-        epochs_run=len(history),
-        best_state=best_state,
-        device=str(device),
-        monitor=train_cfg.monitor,
-        stopped_early=stopped_early,
-        total_seconds=time.perf_counter() - start,
-        eval_seconds=float(np.median(eval_times)) if eval_times else float("nan"),
-    )
+
+def validate(model: Recommender, evaluator: RankingEvaluator) -> tuple[dict[str, float], float]:
+    """The VALID metrics of the model as it is now, and the seconds they took."""
+    t0 = time.perf_counter()
+    valid = evaluator(model)
+    return valid, time.perf_counter() - t0
+
+
+def early_stopping(value: float, best: float, bad: int, patience: int) -> tuple[float, int, bool, bool]:
+    """RecBole's rule (recbole/utils/utils.py: early_stopping), bigger is better: a strictly better `value`
+    resets the count of evaluations without improvement. Returns (best, that count, stop now, improved)."""
+    if value > best:
+        return value, 0, False, True
+    return best, bad + 1, bad + 1 >= patience, False
+
+
+def checkpoint(model: Recommender) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's state_dict: the best state so far."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

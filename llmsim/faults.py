@@ -7,14 +7,12 @@ All faults are off by default. The same names are CLI flags (`--error-rate`), en
 from __future__ import annotations
 
 import math
-import os
 import random
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,9 +27,9 @@ class FaultConfig(BaseModel):
 
     rpm_limit: int | None = Field(None, gt=0, description="requests per 60 s sliding window; excess -> 429")
     error_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of requests answered with HTTP 500")
-    latency_ms: float = Field(0.0, ge=0.0, description="delay added to every answer")
+    latency_ms: float = Field(0.0, ge=0.0, description="milliseconds added to every answer")
     hang_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of requests that sleep hang_s first")
-    hang_s: float = Field(30.0, ge=0.0, description="how long a hanging request sleeps before answering")
+    hang_s: float = Field(30.0, ge=0.0, description="seconds a hanging request sleeps before answering")
     malformed_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of chat answers that are non-JSON prose")
     out_of_candidates_rate: float = Field(0.0, ge=0.0, le=1.0,
                                           description="share of edge answers naming an index outside the list")
@@ -39,17 +37,6 @@ class FaultConfig(BaseModel):
     fail_match: str | None = Field(None, min_length=1,
                                    description="any request whose messages contain this substring gets HTTP 500")
     seed: int | None = Field(None, description="RNG seed (None: 0)")
-
-
-def faults_from_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The fault settings given as `LLMREC_SERVER_<NAME>` environment variables (raw strings, validated later)."""
-    environ = dict(os.environ if environ is None else environ)
-    found: dict[str, str] = {}
-    for name in FaultConfig.model_fields:
-        value = environ.get(ENV_PREFIX + name.upper())
-        if value not in (None, ""):
-            found[name] = value
-    return found
 
 
 class Fault(StrEnum):
@@ -97,12 +84,6 @@ class FaultInjector:
             self._config = config
             self._rng = random.Random(config.seed or 0)
             self._admitted.clear()
-
-    def update(self, **changes: Any) -> FaultConfig:
-        """Validate `changes` as a complete FaultConfig (unnamed fields: defaults) and install it."""
-        config = FaultConfig(**changes)
-        self.replace(config)
-        return config
 
     def _hit(self, rate: float) -> bool:
         # Draw only for enabled faults, so enabling one fault does not shift the others' sequence when it is off.

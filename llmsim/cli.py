@@ -1,0 +1,123 @@
+"""The server's one command line, `serve_command`: `llmrec llm-server` and `python -m llmsim` both run it. It serves
+until SIGTERM/SIGINT. Every fault flag can also be given as an environment variable `LLMREC_SERVER_<NAME>` (e.g.
+LLMREC_SERVER_ERROR_RATE=0.1); a flag wins over the environment."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from enum import StrEnum
+from typing import Any
+
+import typer
+from pydantic import ValidationError
+
+from llmsim.faults import ENV_PREFIX, FaultConfig
+
+LISTENING = "llmrec-llm-server listening on"  # the startup line: LISTENING http://HOST:PORT
+
+
+class LogLevel(StrEnum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+
+
+def _fault(name: str) -> Any:
+    """The option of one FaultConfig field: `--error-rate`, env LLMREC_SERVER_ERROR_RATE, the field's description."""
+    return typer.Option(None, f"--{name.replace('_', '-')}", envvar=ENV_PREFIX + name.upper(), show_default=False,
+                        help=FaultConfig.model_fields[name].description)
+
+
+def serve_command(
+    host: str = typer.Option("127.0.0.1", envvar=ENV_PREFIX + "HOST", help="Address to listen on."),
+    port: int = typer.Option(8000, envvar=ENV_PREFIX + "PORT", help="0 picks a free port (printed in the startup "
+                                                                    "line)."),
+    rpm_limit: int | None = _fault("rpm_limit"),
+    error_rate: float | None = _fault("error_rate"),
+    latency_ms: float | None = _fault("latency_ms"),
+    hang_rate: float | None = _fault("hang_rate"),
+    hang_s: float | None = _fault("hang_s"),
+    malformed_rate: float | None = _fault("malformed_rate"),
+    out_of_candidates_rate: float | None = _fault("out_of_candidates_rate"),
+    drop_rate: float | None = _fault("drop_rate"),
+    fail_match: str | None = _fault("fail_match"),
+    seed: int | None = _fault("seed"),
+    preload: bool = typer.Option(False, help="Load the embedding model in the background at startup (default: on "
+                                             "first use)."),
+    parent_pid: int | None = typer.Option(None, help="Exit when the process with this id ends (test harnesses: no "
+                                                     "orphaned servers)."),
+    log_level: LogLevel = typer.Option(LogLevel.warning, help="uvicorn's log level."),
+) -> None:
+    """Serve the local OpenAI-compatible endpoint (NOT a language model: transparent heuristics for offline runs
+    and tests), with the fault flags below switched on."""
+    given = {name: value for name, value in locals().items() if name in FaultConfig.model_fields}  # the fault flags
+    try:
+        faults = FaultConfig(**{name: value for name, value in given.items() if value is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{error['loc'][0]}: {error['msg']}" for error in exc.errors())
+        raise typer.BadParameter(f"invalid fault settings: {problems}") from None
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
+    try:
+        serve(host, port, faults, preload=preload, log_level=log_level.value)
+    except OSError as exc:  # e.g. address already in use
+        typer.echo(f"llmrec-llm-server: cannot listen on {host}:{port}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _exit_with_parent(pid: int, interval_s: float = 1.0) -> None:
+    """A daemon thread that sends this process SIGTERM (a graceful stop) once process `pid` is gone."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:  # exists, owned by someone else
+                continue
+
+    threading.Thread(target=watch, name="llmrec-parent-watch", daemon=True).start()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on (host, port); port 0 picks a free port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must be IPPROTO_TCP (not 0): asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP,
+    # and without it every keep-alive request waits ~40 ms (Nagle's algorithm against delayed ACKs).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, faults: FaultConfig | None = None, *, preload: bool = False,
+          log_level: str = "warning") -> None:
+    """Run the server in this process until SIGTERM/SIGINT. Prints `llmrec-llm-server listening on
+    http://HOST:PORT` once the socket accepts connections (with the real port when `port` is 0)."""
+    import uvicorn
+
+    from llmsim.app import create_app
+
+    sock = bind_socket(host, port)
+    config = uvicorn.Config(create_app(faults, preload=preload), log_level=log_level, access_log=False,
+                            lifespan="on", timeout_keep_alive=75, timeout_graceful_shutdown=3)
+    shown_host = f"[{host}]" if ":" in host else host
+    print(f"{LISTENING} http://{shown_host}:{sock.getsockname()[1]}", flush=True)
+    with contextlib.closing(sock):
+        uvicorn.Server(config).run(sockets=[sock])
