@@ -1,15 +1,18 @@
-"""The `llmrec` command line. `base`, `augment` and `run` run the Prefect flows of the same names; `ablate` runs
-`run` with every variant; `cost` and `rerun` operate on the ledger and a Prefect server."""
+"""The `llmrec` command line. `base`, `augment`, `run` and `tune` run the Prefect flows of the same names (`tune` is
+`run` with trials); `ablate` runs `run` with every variant; `cost` and `rerun` operate on the ledger and a Prefect
+server."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -35,6 +38,7 @@ from recsys.config import (
     RunnerConfig,
     SplitConfig,
     TrainConfig,
+    TuneConfig,
 )
 from recsys.data.errors import DataError
 
@@ -56,6 +60,17 @@ Runner = Annotated[Literal["threads", "dask"], typer.Option(help="Where LLM and 
                                                                  "this process, or a Dask cluster (a local one "
                                                                  "unless --dask-address).")]
 DaskAddress = Annotated[str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")]
+MaxTrainPerUser = Annotated[int | None, typer.Option(min=1, help="Sparse-data protocol: keep at most K training "
+                                                                 "interactions per user (the earliest by timestamp, "
+                                                                 "else a seeded random choice); valid and test are "
+                                                                 "untouched.")]
+
+
+def split_config(split_dir: Path | None, max_train_per_user: int | None, seed: int = 2020) -> SplitConfig:
+    """The split the --split-dir / --max-train-per-user options ask for (random with `seed` when no folder)."""
+    if split_dir:
+        return SplitConfig(method="dir", split_dir=split_dir, max_train_per_user=max_train_per_user)
+    return SplitConfig(seed=seed, max_train_per_user=max_train_per_user)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -98,6 +113,7 @@ def base(
     data_dir: DataDir = None,
     items: Path | None = typer.Option(None, help="Item text table (Parquet/CSV) for a user-supplied dataset."),
     split_dir: SplitDir = None,
+    max_train_per_user: MaxTrainPerUser = None,
     out: Path = typer.Option(Path("runs/base"), help="Output folder for metrics.json and candidates.parquet."),
     seed: int = typer.Option(2020, help="Training seed."),
     split_seed: int = typer.Option(2020, help="Seed of the random split (ignored with --split-dir)."),
@@ -110,7 +126,7 @@ def base(
     with expected(ValueError):
         config = BaseRunConfig(
             data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
-            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(seed=split_seed),
+            split=split_config(split_dir, max_train_per_user, split_seed),
             model=ModelConfig(name=model),
             train=TrainConfig(max_epochs=epochs, seed=seed, device=device),
             candidates=CandidateConfig(n_candidates=candidates),
@@ -229,8 +245,14 @@ def local_llm_server() -> Iterator[str]:
         yield server.base_url
 
 
+# Options of `run` that set part of the configuration: with --config, the file's configuration holds them.
+CONFIG_OPTIONS = ("model", "dataset", "data_dir", "split_dir", "max_train_per_user", "epochs", "device",
+                  "embed_backend", "max_cost_usd")
+
+
 @app.command()
 def run(
+    ctx: typer.Context,
     base_url: str | None = typer.Option(None, envvar="OPENAI_BASE_URL",
                                         help="OpenAI-compatible endpoint; none: start the local server (NOT an "
                                              "LLM: transparent heuristics) and use model llmrec-heuristic."),
@@ -239,7 +261,9 @@ def run(
     dataset: Dataset = "ml-100k",
     data_dir: DataDir = None,
     split_dir: SplitDir = None,
-    seeds: int = typer.Option(1, min=1, help="Training seeds per variant (2020, 2021, ...); >= 2 gives p-values."),
+    max_train_per_user: MaxTrainPerUser = None,
+    seeds: int = typer.Option(len(RunConfig().seeds), min=1, help="Training seeds per model (2020, 2021, ...); the "
+                                                                  "verdict's paired t-test pairs them."),
     epochs: Epochs = 1000,
     device: Device = "auto",
     embed_backend: str = typer.Option("local", help="local (all-MiniLM-L6-v2, offline) or openai."),
@@ -247,58 +271,103 @@ def run(
     out: Path = typer.Option(Path("runs/llmrec"), help="Output folder: metrics.parquet, report.md, report.png, "
                                                        "augment/."),
     store: Store = None,
-    variants: str = typer.Option(FULL_VARIANT, help=f"Comma-separated LLMRec variants to train beside the LightGCN "
+    variants: str = typer.Option(FULL_VARIANT, help=f"Comma-separated LLMRec variants to train beside the backbone "
                                                     f"baseline: {', '.join(VARIANTS)}."),
     runner: Runner = "threads",
     dask_address: DaskAddress = None,
+    config_file: Path | None = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                            help="A run configuration (JSON; e.g. tuning/best_config.json of "
+                                                 "`llmrec tune`) instead of the options that set one."),
+    trials: int = typer.Option(0, min=0, help="Tune each model on validation first (Optuna), with this many trials "
+                                              "per model; 0: train the configuration as it is."),
+    trial_timeout: float | None = typer.Option(None, min=1, help="Seconds after which a tuning trial is pruned."),
 ) -> None:
-    """The whole pipeline as the Prefect flow `run`: base model -> LLM augmentation -> embeddings -> LightGCN
-    baseline and LLMRec per seed -> metrics.parquet and report.md. Every stage is cached: a re-run is free."""
+    """The whole pipeline as the Prefect flow `run`: base model -> LLM augmentation -> embeddings -> the backbone
+    baseline and LLMRec per seed -> metrics.parquet and report.md, the verdict first. With --trials, the flow
+    `tune` chooses both models' configurations on validation first. Every stage is cached: a re-run is free."""
     local = not base_url
     with expected(ValueError):
-        config = RunConfig(
-            data=DataConfig(dataset=dataset, data_dir=data_dir),
-            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
-            train=TrainConfig(max_epochs=epochs, device=device),
-            # The local server started below enforces no rate limit, so the client's own limits are lifted
-            # (they are not part of any cache key).
-            llm=LLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
-                          **({"rpm": None, "tpm": None} if local else {})),
-            augment=AugmentConfig(max_cost_usd=max_cost_usd),
-            embed=EmbedConfig(backend=embed_backend),  # type: ignore[arg-type]
-            seeds=tuple(2020 + i for i in range(seeds)),
-            runner=runner_config(runner, dask_address),
-        )
+        if config_file is not None:
+            config = config_from_file(ctx, config_file, seeds)
+        else:
+            config = RunConfig(
+                data=DataConfig(dataset=dataset, data_dir=data_dir),
+                split=split_config(split_dir, max_train_per_user),
+                train=TrainConfig(max_epochs=epochs, device=device),
+                # The local server started below enforces no rate limit, so the client's own limits are lifted
+                # (they are not part of any cache key).
+                llm=LLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
+                              **({"rpm": None, "tpm": None} if local else {})),
+                augment=AugmentConfig(max_cost_usd=max_cost_usd),
+                embed=EmbedConfig(backend=embed_backend),  # type: ignore[arg-type]
+                seeds=tuple(2020 + i for i in range(seeds)),
+            )
+        config = config.model_copy(update={"runner": runner_config(runner, dask_address)})
         names = parse_variants(variants)
+        tune = TuneConfig(trials=trials, trial_timeout_s=trial_timeout) if trials else None
 
     from flows.augment import AugmentFailed
+    from recsys.tune.study import TuningFailed
 
-    with expected(DataError, FileNotFoundError, AugmentFailed, LLMServerError):
-        result = run_pipeline(config, base_url or None, names, store, out)
+    with expected(DataError, FileNotFoundError, AugmentFailed, LLMServerError, TuningFailed):
+        result = run_pipeline(config, base_url or None, names, store, out, tune)
     console.print(result["report"], markup=False, highlight=False)
-    console.print(f"wrote {out / 'metrics.parquet'}, {out / 'report.md'}, {out / 'report.png'} and {out / 'augment'}/")
+    console.print(f"wrote {out / 'metrics.parquet'}, {out / 'report.md'}, {out / 'report.png'} and {out / 'augment'}/"
+                  + (f"; the tuned configuration: {out / 'tuning' / 'best_config.json'}" if tune else ""))
+
+
+def config_from_file(ctx: typer.Context, path: Path, seeds: int) -> RunConfig:
+    """The run configuration in `path` (a RunConfig as JSON, bare or under "config" as config.json and
+    best_config.json hold it), with --seeds when given; ValueError when an option that sets the configuration was
+    given too, or the file is not a run configuration."""
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name == "COMMANDLINE"
+
+    conflicts = [f"--{name.replace('_', '-')}" for name in CONFIG_OPTIONS if given(name)]
+    if conflicts:
+        raise ValueError(f"--config holds the whole configuration: do not combine it with {', '.join(conflicts)}")
+    try:
+        doc = json.loads(path.read_text())
+        config = RunConfig.model_validate(doc.get("config", doc) if isinstance(doc, dict) else doc)
+    except (json.JSONDecodeError, ValidationError) as e:
+        raise ValueError(f"{path} is not a run configuration: {e}") from None
+    if given("seeds"):
+        config = config.model_copy(update={"seeds": tuple(2020 + i for i in range(seeds))})
+    return config
 
 
 def run_pipeline(config: RunConfig, base_url: str | None, variants: list[str], store: Path | None,
-                 out: Path) -> dict[str, Any]:
-    """The flow `run` against `base_url`, or, when it is None, against the local LLM server started for it."""
+                 out: Path, tune: TuneConfig | None = None) -> dict[str, Any]:
+    """The flow `run` (or `tune`) against `base_url`, or, when it is None, against the local LLM server started
+    for it."""
     from flows.run import run_flow
+    from flows.tune import tune_flow
 
     with contextlib.ExitStack() as stack:
-        if base_url is None:
+        if base_url is None and not config.llm.base_url:
             console.print("[bold yellow]no --base-url:[/] starting the local LLM server (NOT a language model: "
                           f"transparent heuristics) and using model {config.llm.model}")
             base_url = stack.enter_context(local_llm_server())
             console.print(f"local LLM server listening at {base_url}; it stops when this run ends")
-        return run_flow(config=config, store_root=str(store) if store else None, out_dir=str(out),
-                        base_url=base_url, variants=variants)
+        where = {"store_root": str(store) if store else None, "out_dir": str(out), "base_url": base_url,
+                 "variants": variants}
+        if tune is not None:
+            return tune_flow(config=config, tune=tune, **where)
+        return run_flow(config=config, **where)
 
 
-# `ablate` is `run` (the same options and flow) with every variant by default.
+# `ablate` is `run` (the same options and flow) with every variant by default; `tune` is `run` with trials.
 app.command("ablate", context_settings={"default_map": {"variants": ",".join(VARIANTS)}}, help=(
     "The ablation study (paper Table 3) as the Prefect flow `run`: the pipeline and options of `run`, training "
-    "every variant in --variants (default: all) beside the LightGCN baseline, with the cost per LLM strategy "
+    "every variant in --variants (default: all) beside the backbone baseline, with the cost per LLM strategy "
     "(Table 7) in the report. Models `run` already trained come from the store."))(run)
+app.command("tune", context_settings={"default_map": {"trials": TuneConfig().trials, "out": "runs/tune"}}, help=(
+    "Choose each model's configuration on validation, then compare the tuned models on test, as the Prefect flow "
+    "`tune`: the pipeline and options of `run`, with an Optuna study per model (--trials, default "
+    f"{TuneConfig().trials}; the backbone over lr and L2, LLMRec over its fusion scales with 0 = off, omega3, "
+    "pruning, dropout, MAE, lr and L2). tuning/best_config.json is the tuned configuration for `run --config`; "
+    "an interrupted study resumes."))(run)
 
 
 @app.command()

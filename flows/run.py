@@ -13,10 +13,10 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.train import BASELINE, feature_inputs, run_stage_two, with_base_url
+from flows.train import feature_inputs, run_stage_two, with_base_url
 from recsys.config import RunConfig
 
-__all__ = ["BASELINE", "feature_inputs", "run_flow", "with_base_url"]
+__all__ = ["feature_inputs", "run_flow", "with_base_url"]
 
 
 @flow(name="run", task_runner=ThreadPoolTaskRunner(max_workers=4))

@@ -1,18 +1,21 @@
-"""The `train` flow (LLMRec Stage 2): augmentation (a cached subflow) -> embeddings -> per seed the LightGCN baseline
-and each requested variant (recsys/ablations.py) -> the report.
+"""The `train` flow (LLMRec Stage 2): augmentation (a cached subflow) -> embeddings -> per seed the backbone baseline
+(LightGCN, or MF) and each requested variant (recsys/ablations.py) -> the report, whose first line is the verdict:
+did augmentation improve test Recall@20, by how much, with what confidence (paired t-test over seeds), at what cost.
 
 `run_stage_two` is the one body behind both the `train` flow and the `run` flow (flows/run.py). Every model is a
 cached task on its content key, so a variant trained by `llmrec run` and by `llmrec ablate` is one artifact, and
 a repeated call trains nothing and asks the LLM nothing.
 
 Outputs in `out_dir`: metrics.parquet (variant, seed, split, metric, k, value), report.png (test R@20 / N@20 per
-variant), config.json, and report.md last (its presence means the folder is complete); the report is also
-published as Prefect artifacts `llmrec-report` (Markdown) and `llmrec-ablation` (the Table-3 summary).
+variant), config.json, and report.md last, its presence meaning the folder is complete (the verdict, Table 3, the
+cost per strategy, test by user group, every metric); the report is also published as Prefect artifacts
+`llmrec-report` (Markdown) and `llmrec-ablation` (the Table-3 summary).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.augment import run_augment
 from flows.embed import run_embed
 from recsys.ablations import FULL, get_variant, parse_variants
-from recsys.config import RunConfig, default_store_dir
+from recsys.config import LLMRecConfig, RunConfig, default_store_dir
 from recsys.embed.texts import ATTRIBUTE_FIELDS
 from recsys.eval.cost_rate import cost_improvement, cost_markdown, stage_costs
 from recsys.eval.plot import ablation_png
 from recsys.eval.report import ablation_table, metrics_frame, metrics_rows, report_markdown
+from recsys.eval.verdict import group_frame, group_markdown, group_rows, quartile_groups, verdict_sentence
+from recsys.models.llmrec import feature_group
 from storage.atomic import atomic_path, write_json, write_parquet, write_text
 from storage.ledger import read_ledger
 from storage.store import ArtifactStore
@@ -36,7 +41,6 @@ from tasks.common import bind
 from tasks.llmrec import evaluate_llmrec, train_llmrec
 from tasks.train import evaluate_model, train_model
 
-BASELINE = "lightgcn"
 REPORT_PNG = "report.png"
 STRATEGY_STAGES = ("edges", "profiles", "attributes")
 
@@ -70,27 +74,60 @@ def _safe(name: str) -> str:
     return name.replace("w/o", "wo").replace("&", "-and-").replace("/", "-")
 
 
-def train_variants(config: RunConfig, root: str, refs: dict[str, Any], features: dict[str, str],
-                   edge_refs: list[str] | None, variants: list[str]) -> tuple[list[dict], dict[str, dict]]:
-    """Per seed: the LightGCN baseline, then each variant through the train-llmrec / evaluate-llmrec tasks with
-    the variant's edges, features and config. Returns the metric rows and variant -> seed -> {train, evaluate}."""
+@dataclass(frozen=True)
+class StageTwoInputs:
+    """What LLMRec trains on, from the augment and embed subflows: the base refs (dataset, split, ...), the
+    embedded feature sources (name -> embed ref), the augmented-edge batch refs, and the augment run's result."""
+
+    refs: dict[str, Any]
+    features: dict[str, str]
+    edge_refs: list[str] | None
+    augment: dict[str, Any]
+
+
+def prepare_inputs(config: RunConfig, root: str, out: Path | None) -> StageTwoInputs:
+    """The augment subflow (no LLM request for batches already stored), then the embed subflow."""
+    aug = run_augment(config=config.augment_run(), store_root=root, out_dir=str(out / "augment") if out else None)
+    batches: dict[str, list[str]] = aug["batches"]
+    features = embed_features(config, root, aug["refs"], batches, aug["ledger"])
+    edges = list(batches["edges"]) if "edges" in batches else None
+    return StageTwoInputs({**aug["refs"], "features": features}, features, edges, aug)
+
+
+def used_inputs(cfg: LLMRecConfig, edges: list[str] | None, features: dict[str, str]
+                ) -> tuple[list[str] | None, dict[str, str]]:
+    """The edges and feature sources a config really uses: none of a group whose fusion scale is 0, no edges when
+    omega3 is 0 (so that equal models have equal keys, and a source that is off costs nothing)."""
+    kept = {name: ref for name, ref in features.items() if cfg.scale_of(feature_group(name)[1]) > 0}
+    return (edges if cfg.omega3 > 0 else None), kept
+
+
+def train_variants(config: RunConfig, root: str, inputs: StageTwoInputs,
+                   variants: list[str]) -> tuple[list[dict], dict[str, dict]]:
+    """Per seed: the backbone baseline (`baseline_train`, else the very `train` object LLMRec gets), then each
+    variant through the train-llmrec / evaluate-llmrec tasks with the variant's edges, features and config.
+    Returns the metric rows and variant -> seed -> {train, evaluate} refs."""
     store = ArtifactStore(root)
-    rows: list[dict] = []
-    trained: dict[str, dict[int, dict[str, str]]] = {BASELINE: {}, **{v: {} for v in variants}}
+    split = inputs.refs["split"]
     baseline = config.baseline_model()
+    rows: list[dict] = []
+    trained: dict[str, dict[int, dict[str, str]]] = {baseline.name: {}, **{v: {} for v in variants}}
     for seed in config.seeds:
         train = config.train.model_copy(update={"seed": seed})
-        base_ref = bind(train_model, root)(root, refs["split"], baseline, train, config.eval)
-        base_eval = bind(evaluate_model, root)(root, refs["split"], base_ref, baseline, config.eval, train.device)
-        trained[BASELINE][seed] = {"train": base_ref, "evaluate": base_eval}
-        rows += metrics_rows(BASELINE, seed, store.read_json(base_eval, "metrics"))
+        base_train = train if config.baseline_train is None else config.baseline_train.model_copy(
+            update={"seed": seed})
+        base_ref = bind(train_model, root)(root, split, baseline, base_train, config.eval)
+        base_eval = bind(evaluate_model, root)(root, split, base_ref, baseline, config.eval, train.device)
+        trained[baseline.name][seed] = {"train": base_ref, "evaluate": base_eval}
+        rows += metrics_rows(baseline.name, seed, store.read_json(base_eval, "metrics"))
         for name in variants:
             v = get_variant(name)
             # The full model keeps the task's own run name; the others say which variant they are.
             label = "llmrec" if name == FULL else f"llmrec-{_safe(name)}"
+            cfg = v.llmrec_config(config.llmrec)
+            edges, features = used_inputs(cfg, v.edge_refs(inputs.edge_refs), v.feature_refs(inputs.features))
             t_ref = bind(train_llmrec, root).with_options(task_run_name=f"train-{label}-{seed}")(
-                root, refs["split"], v.edge_refs(edge_refs), v.feature_refs(features),
-                v.llmrec_config(config.llmrec), train, config.eval)
+                root, split, edges, features, cfg, train, config.eval)
             e_ref = bind(evaluate_llmrec, root).with_options(task_run_name=f"evaluate-{label}-{seed}")(
                 root, t_ref, config.eval, train.device)
             trained[name][seed] = {"train": t_ref, "evaluate": e_ref}
@@ -98,10 +135,24 @@ def train_variants(config: RunConfig, root: str, refs: dict[str, Any], features:
     return rows, trained
 
 
-def cost_section(frame: pd.DataFrame, ledger_root: str, config: RunConfig, paid_now: float) -> list[str]:
-    """The Table-7 section. Costs per stage: every paid call of the store's ledger on this run's LLM model (what
-    producing the augmentations in this store cost, also when this run found them all cached); embedding calls
-    on its embedding model are listed apart. `paid_now`: what this run's augmentation paid."""
+def group_section(store: ArtifactStore, split_ref: str, trained: dict[str, dict], baseline: str) -> list[str]:
+    """The test metrics by user group (quartiles of training interactions per user), from the per-user tables of
+    every evaluated model: the paper's sparsity claim, measured."""
+    train = store.read_table(split_ref, "train")
+    groups = quartile_groups(train.groupby("user_id").size())
+    rows = [row for variant, seeds in trained.items() for seed, refs in seeds.items()
+            for row in group_rows(variant, seed, store.read_table(refs["evaluate"], "per_user_test"), groups)]
+    lines = ["## Test by user group (quartiles of training interactions per user)", "",
+             "The sparsest users are where LLM augmentation should help most (paper §1, Table 1). Mean ± std over "
+             "seeds of each group's mean; Δ and p (paired t-test over seeds) against the baseline.", ""]
+    return [*lines, *group_markdown(group_frame(rows), baseline), ""]
+
+
+def cost_section(frame: pd.DataFrame, ledger_root: str, config: RunConfig, paid_now: float
+                 ) -> tuple[list[str], float]:
+    """The Table-7 section, and what producing the augmentation cost. Costs per stage: every paid call of the
+    store's ledger on this run's LLM model (also when this run found them all cached); embedding calls on its
+    embedding model are listed apart and counted in the cost. `paid_now`: what this run's augmentation paid."""
     ledger = read_ledger(ledger_root)
     llm = stage_costs(ledger[ledger["model"] == config.llm.model]) if len(ledger) else {}
     embed = stage_costs(ledger[ledger["model"] == config.embed.resolved_model]) if len(ledger) else {}
@@ -109,7 +160,39 @@ def cost_section(frame: pd.DataFrame, ledger_root: str, config: RunConfig, paid_
               f"store shared by several datasets or configurations counts them all); this run's augmentation "
               f"paid ${paid_now:.6f} of it")
     others = {s: usd for s, usd in {**embed, **llm}.items() if s not in STRATEGY_STAGES}
-    return cost_markdown(cost_improvement(frame, llm), source, others)
+    total = sum(usd for s, usd in llm.items() if s in STRATEGY_STAGES) + sum(others.values())
+    return cost_markdown(cost_improvement(frame, llm), source, others), float(total)
+
+
+def setting_line(config: RunConfig) -> str:
+    """What was compared, in one line: data, split, the sparse-data cap, LLM, seeds."""
+    split = config.split
+    how = "the given split" if split.method == "dir" else f"a {split.method} split (seed {split.seed})"
+    cap = (f"; training interactions capped at {split.max_train_per_user} per user (sparse-data protocol)"
+           if split.max_train_per_user else "")
+    return (f"Setting: {config.data.dataset}, {how}{cap}; LLM `{config.llm.model}`; embeddings "
+            f"`{config.embed.resolved_model}`; {len(config.seeds)} seeds ({', '.join(map(str, config.seeds))}).")
+
+
+def report_run(config: RunConfig, root: str, out: Path | None, inputs: StageTwoInputs, rows: list[dict],
+               trained: dict[str, dict], variants: list[str], extra: list[str] | None = None) -> dict[str, Any]:
+    """metrics.parquet, report.png, config.json and report.md (the verdict first), and the Prefect artifacts."""
+    store = ArtifactStore(root)
+    baseline = config.baseline_model().name
+    frame = metrics_frame(rows)
+    costs, cost_usd = cost_section(frame, inputs.augment["ledger"], config, float(inputs.augment["cost_usd"]))
+    compared = FULL if FULL in variants else variants[0]
+    lead = [f"**{verdict_sentence(frame, baseline, compared, cost_usd=cost_usd)}** ({compared} against its "
+            f"backbone {baseline})", "", setting_line(config)]
+    sections = [*costs, *group_section(store, inputs.refs["split"], trained, baseline), *(extra or [])]
+    report = report_markdown(frame, baseline=baseline, title=f"LLMRec on {config.data.dataset}", lead=lead,
+                             extra=sections, png=REPORT_PNG)
+    refs = {**inputs.refs, "variants": trained}
+    if out:
+        write_outputs(out, frame, report, ablation_png(frame, baseline), config, refs, str(store.root))
+    publish_report(frame, report, baseline)
+    return {"refs": refs, "metrics": frame, "report": report, "rows": inputs.augment["rows"],
+            "cost_usd": inputs.augment["cost_usd"], "store_root": root}
 
 
 def write_outputs(out: Path, frame: pd.DataFrame, report: str, png: bytes, config: RunConfig,
@@ -124,10 +207,10 @@ def write_outputs(out: Path, frame: pd.DataFrame, report: str, png: bytes, confi
     write_text(out / "report.md", report)
 
 
-def publish_report(frame: pd.DataFrame, report: str) -> None:
+def publish_report(frame: pd.DataFrame, report: str, baseline: str) -> None:
     """Prefect artifacts of the run: the report (Markdown) and the Table-3 summary (a table)."""
     create_markdown_artifact(key="llmrec-report", markdown=report, description="LLMRec run report")
-    table = ablation_table(frame, BASELINE)
+    table = ablation_table(frame, baseline)
     records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                for r in table.to_dict("records")]  # NaN is not JSON
     create_table_artifact(key="llmrec-ablation", table=records,
@@ -137,28 +220,14 @@ def publish_report(frame: pd.DataFrame, report: str) -> None:
 def run_stage_two(config: RunConfig, store_root: str | None, out_dir: str | None,
                   variants: list[str] | None) -> dict[str, Any]:
     """The body of the `train` and `run` flows (call it inside a flow run)."""
-    logger = get_run_logger()
     names = parse_variants(variants)
     root = str(store_root or default_store_dir())
     out = Path(out_dir).expanduser() if out_dir else None
-
-    aug = run_augment(config=config.augment_run(), store_root=root, out_dir=str(out / "augment") if out else None)
-    refs: dict[str, Any] = dict(aug["refs"])
-    batches: dict[str, list[str]] = aug["batches"]
-    refs["features"] = embed_features(config, root, refs, batches, aug["ledger"])
-    edge_refs = list(batches["edges"]) if "edges" in batches else None
-
-    rows, refs["variants"] = train_variants(config, root, refs, refs["features"], edge_refs, names)
-    frame = metrics_frame(rows)
-    costs = cost_section(frame, aug["ledger"], config, float(aug["cost_usd"]))
-    report = report_markdown(frame, baseline=BASELINE, title=f"LLMRec on {config.data.dataset}", extra=costs,
-                             png=REPORT_PNG)
-    if out:
-        write_outputs(out, frame, report, ablation_png(frame, BASELINE), config, refs, str(ArtifactStore(root).root))
-    publish_report(frame, report)
-    logger.info("finished: %d metric rows, variants %s, %d seeds", len(frame), ", ".join(names), len(config.seeds))
-    return {"refs": refs, "metrics": frame, "report": report, "rows": aug["rows"], "cost_usd": aug["cost_usd"],
-            "store_root": root}
+    inputs = prepare_inputs(config, root, out)
+    rows, trained = train_variants(config, root, inputs, names)
+    result = report_run(config, root, out, inputs, rows, trained, names)
+    get_run_logger().info("finished: variants %s, %d seeds", ", ".join(names), len(config.seeds))
+    return result
 
 
 @flow(name="train", task_runner=ThreadPoolTaskRunner(max_workers=4))

@@ -260,6 +260,12 @@ class LLMRecConfig(_Config):
     profile_scale: float = Field(2.8, ge=0.0)  # [REPO] --user_cat_rate 2.8 (LLM user profile)
     attribute_scale: float = Field(0.005, ge=0.0)  # [REPO] --item_cat_rate 0.005 (each LLM item attribute)
 
+    def scale_of(self, group: str) -> float:
+        """The fusion scale of a feature group ("modal", "profile", "attribute"); 0 switches its sources off."""
+        if self.fusion == "paper":
+            return self.omega1
+        return {"modal": self.modal_scale, "profile": self.profile_scale, "attribute": self.attribute_scale}[group]
+
     # Augmented implicit feedback (§3.1.1 / Eq. 6): omega3 * B augmented triplets join every batch's BPR.
     omega3: float = Field(0.1, ge=0.0)  # [REPO] --aug_sample_rate 0.1
     # Noise pruning (Eq. 7): sort the per-triplet log sigmoid terms ascending and keep N = (1 - omega4) * |batch|.

@@ -31,6 +31,8 @@ SCHEMAS: dict[tuple[str, str], pa.Schema] = {
     ("augment-attributes", "rows"): pa.schema({"item_id": ID, "director": TEXT, "country": TEXT, "language": TEXT,
                                                "raw_text": TEXT, **ANSWER}),
     **{(f"augment-{stage}", "failures"): FAILURES for stage in ("edges", "profiles", "attributes")},
+    # tasks/train.py: each test user's metrics, one column per metric@k
+    **{(stage, "per_user_test"): pa.schema({"user_id": ID}) for stage in ("evaluate", "llmrec-evaluate")},
     # tasks/embed.py: row `row` of the embedding matrix is the vector of raw id `id`
     ("embed", "index"): pa.schema({"id": ID, "row": ID}),
 }

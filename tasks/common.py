@@ -27,18 +27,21 @@ STAGE_VERSIONS: dict[str, str] = {
     "dataset": "1",
     "split": "1",
     "train": "1",
-    "evaluate": "2",  # 2: metrics gain ndcg_official
+    "evaluate": "3",  # 2: metrics gain ndcg_official; 3: per-user test metrics (per_user_test)
     "candidates": "1",
     "llmrec": "1",
-    "llmrec-evaluate": "2",  # 2: metrics gain ndcg_official
+    "llmrec-evaluate": "3",  # as "evaluate"
 }
 
 RefOf = Callable[[Mapping[str, Any]], ArtifactRef]
+# Parameters that never change what a stage writes: where the store is, and a callback that only watches training
+# (progress, a tuning trial's pruner).
+UNKEYED = frozenset({"store_root", "on_epoch"})
 
 
 def stage_ref(stage: str, params: Mapping[str, Any]) -> ArtifactRef:
-    """The output address of `stage` called with `params` (store_root excluded)."""
-    keyed = {k: v for k, v in params.items() if k != "store_root"}
+    """The output address of `stage` called with `params` (`UNKEYED` parameters excluded)."""
+    keyed = {k: v for k, v in params.items() if k not in UNKEYED}
     return ArtifactRef(stage, content_key(stage, STAGE_VERSIONS[stage], keyed))
 
 

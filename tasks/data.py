@@ -50,7 +50,9 @@ def split_artifact(params: Mapping[str, Any]) -> ArtifactRef:
     cfg: SplitConfig = params["split"]
     keyed = {
         "dataset_ref": params["dataset_ref"],
-        "split": cfg.model_dump(mode="json", exclude={"split_dir"}),
+        # An unset max_train_per_user is left out, so splits made before the option existed keep their key.
+        "split": cfg.model_dump(mode="json", exclude={"split_dir"} | ({"max_train_per_user"}
+                                                                      if cfg.max_train_per_user is None else set())),
         "files": files_fingerprint(_files_under(cfg.split_dir)) if cfg.method == "dir" else [],
     }
     return stage_ref("split", keyed)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from prefect.states import State
 
 from recsys.config import EvalConfig, LLMRecConfig, TrainConfig
 from recsys.data.dataset import DenseSplit, IdMap
@@ -25,7 +26,7 @@ from recsys.train.augmented import EDGE_COLUMNS, AugmentedEdges
 from storage.store import ArtifactRef, ArtifactStore
 from tasks.common import read_dense_split, stage_ref, stage_task, table_digests
 from tasks.embed import read_embeddings
-from tasks.train import fit_and_store, restore, store_metrics
+from tasks.train import OnEpoch, fit_and_store, restore, store_metrics
 
 EDGE_TABLE = "rows"  # of augment-edges batches
 
@@ -73,8 +74,10 @@ def _inputs(store: ArtifactStore, split_ref: str,
 
 @stage_task(llmrec_ref, name="train-llmrec", task_run_name="train-llmrec-{train.seed}")
 def train_llmrec(store_root: str, split_ref: str, edge_refs: list[str] | None, feature_refs: dict[str, str],
-                 llmrec: LLMRecConfig, train: TrainConfig, eval: EvalConfig) -> str:
-    """Train LLMRec with early stopping on VALID; store the best checkpoint, the history and fit.json."""
+                 llmrec: LLMRecConfig, train: TrainConfig, eval: EvalConfig, on_epoch: OnEpoch | None = None
+                 ) -> str | State:
+    """Train LLMRec with early stopping on VALID; store the best checkpoint, the history and fit.json (`on_epoch`
+    as in tasks/train.py:train_model)."""
     store = ArtifactStore(store_root)
     params = {"split_ref": split_ref, "edge_refs": edge_refs, "feature_refs": feature_refs, "llmrec": llmrec,
               "train": train, "eval": eval}
@@ -82,20 +85,19 @@ def train_llmrec(store_root: str, split_ref: str, edge_refs: list[str] | None, f
     data, ids, features, coverage = _inputs(store, split_ref, feature_refs)
     augmented = read_edges(store, edge_refs, ids)
     net = build_llmrec(llmrec, data, features, augmented=augmented, seed=train.seed)
-    fit_and_store(store, ref, params, net, data, train.tuned_for(llmrec.backbone), eval, {
+    return fit_and_store(store, ref, params, net, data, train.tuned_for(llmrec.backbone), eval, {
         "model": "llmrec",
         "feature_coverage": coverage,
         "augmented_edges": 0 if augmented is None else len(augmented),
-    })
-    return str(ref)
+    }, on_epoch)
 
 
-def load_llmrec(store: ArtifactStore, train_ref: str, device: str = "auto") -> tuple[LLMRec, DenseSplit]:
+def load_llmrec(store: ArtifactStore, train_ref: str, device: str = "auto") -> tuple[LLMRec, DenseSplit, IdMap]:
     """Rebuild a trained LLMRec (features re-read from the refs its manifest records), on `device`, eval mode."""
     p = store.manifest(train_ref)["params"]
-    data, _, features, _ = _inputs(store, p["split_ref"], p["feature_refs"])
+    data, ids, features, _ = _inputs(store, p["split_ref"], p["feature_refs"])
     net = build_llmrec(LLMRecConfig.model_validate(p["llmrec"]), data, features)
-    return restore(store, train_ref, net, device), data
+    return restore(store, train_ref, net, device), data, ids
 
 
 @stage_task("llmrec-evaluate", name="evaluate-llmrec", task_run_name="evaluate-llmrec")

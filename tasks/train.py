@@ -2,41 +2,59 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from prefect import get_run_logger
+from prefect.states import Cancelled, State
 
 from recsys.config import EvalConfig, ModelConfig, TrainConfig
-from recsys.data.dataset import DenseSplit
-from recsys.eval.ranking import evaluate
+from recsys.data.dataset import DenseSplit, IdMap
+from recsys.eval.metrics import user_means
+from recsys.eval.ranking import RankingEvaluator
 from recsys.models.base import Recommender
 from recsys.models.factory import build_model
-from recsys.train.trainer import FitResult, fit, resolve_device
+from recsys.train.trainer import EpochReport, StopTraining, fit, resolve_device
 from storage.store import ArtifactRef, ArtifactStore
 from tasks.common import read_dense_split, stage_ref, stage_task
 
+OnEpoch = Callable[[EpochReport], None]
+
 
 @stage_task("train", name="train")
-def train_model(store_root: str, split_ref: str, model: ModelConfig, train: TrainConfig, eval: EvalConfig) -> str:
-    """Train with early stopping on VALID; store the best checkpoint, the per-epoch history and a summary."""
+def train_model(store_root: str, split_ref: str, model: ModelConfig, train: TrainConfig, eval: EvalConfig,
+                on_epoch: OnEpoch | None = None) -> str | State:
+    """Train with early stopping on VALID; store the best checkpoint, the per-epoch history and a summary.
+    `on_epoch` (not part of the key) watches every epoch; if it raises StopTraining, the run ends Cancelled with
+    nothing written."""
     store = ArtifactStore(store_root)
     params = {"split_ref": split_ref, "model": model, "train": train, "eval": eval}
     ref = stage_ref("train", params)
     data, _ = read_dense_split(store, split_ref)
     net = build_model(model, data, seed=train.seed)
-    fit_and_store(store, ref, params, net, data, train.tuned_for(model.name), eval, {"model": model.name})
-    return str(ref)
+    return fit_and_store(store, ref, params, net, data, train.tuned_for(model.name), eval, {"model": model.name},
+                         on_epoch)
 
 
 def fit_and_store(store: ArtifactStore, ref: ArtifactRef, params: dict[str, Any], net: Recommender,
-                  data: DenseSplit, train: TrainConfig, eval: EvalConfig, summary: dict[str, Any]) -> FitResult:
+                  data: DenseSplit, train: TrainConfig, eval: EvalConfig, summary: dict[str, Any],
+                  on_epoch: OnEpoch | None = None) -> str | State:
     """Fit with early stopping on VALID, logging each epoch; store checkpoint, history and fit.json (`summary`
-    first, then the fit's numbers)."""
+    first, then the fit's numbers) and return the ref; a Cancelled state when `on_epoch` stops the fit."""
     logger = get_run_logger()
-    result = fit(net, data, train, eval, on_epoch=lambda r: logger.info("%s", r.describe()))
+
+    def watch(report: EpochReport) -> None:
+        logger.info("%s", report.describe())
+        if on_epoch is not None:
+            on_epoch(report)
+
+    try:
+        result = fit(net, data, train, eval, on_epoch=watch)
+    except StopTraining as stop:
+        return Cancelled(message=f"stopped: {stop}")
     with store.write(ref.stage, ref.key, params) as w:
         w.tensors("checkpoint", result.best_state)
         w.table("history", pd.DataFrame(result.history))  # one row per epoch: loss, its parts, valid metrics
@@ -50,7 +68,7 @@ def fit_and_store(store: ArtifactStore, ref: ArtifactRef, params: dict[str, Any]
         })
     logger.info("%s: best epoch %d of %d; valid %s", summary.get("model"), result.best_epoch, result.epochs_run,
                 _fmt(result.best_valid))
-    return result
+    return str(ref)
 
 
 def _fmt(metrics: dict[str, float]) -> str:
@@ -71,11 +89,17 @@ def load_trained(store: ArtifactStore, train_ref: str, model: ModelConfig, data:
 
 
 def store_metrics(store: ArtifactStore, ref: ArtifactRef, params: dict[str, Any], net: Recommender,
-                  data: DenseSplit, eval: EvalConfig) -> None:
-    """Write full-ranking metrics on VALID (train masked) and TEST (train and valid masked) as `metrics`."""
-    metrics = {part: evaluate(net, data, part, eval.ks, eval.batch_users) for part in ("valid", "test")}
+                  data: DenseSplit, ids: IdMap, eval: EvalConfig) -> None:
+    """Write full-ranking metrics on VALID (train masked) and TEST (train and valid masked) as `metrics` (means
+    over users), and each test user's metrics as the table `per_user_test` (raw user_id, one column per metric@k)."""
+    metrics, per_user = {}, {}
+    for part in ("valid", "test"):
+        evaluator = RankingEvaluator(data, part, eval.ks, eval.batch_users)
+        per_user = evaluator.per_user(net)
+        metrics[part] = user_means(per_user)
     with store.write(ref.stage, ref.key, params) as w:
         w.json("metrics", metrics)
+        w.table("per_user_test", pd.DataFrame({"user_id": ids.user_ids[evaluator.users], **per_user}))
     get_run_logger().info("%s: test %s", ref.stage, _fmt(metrics["test"]))
 
 
@@ -86,6 +110,6 @@ def evaluate_model(store_root: str, split_ref: str, train_ref: str, model: Model
     store = ArtifactStore(store_root)
     params = {"split_ref": split_ref, "train_ref": train_ref, "model": model, "eval": eval, "device": device}
     ref = stage_ref("evaluate", params)
-    data, _ = read_dense_split(store, split_ref)
-    store_metrics(store, ref, params, load_trained(store, train_ref, model, data, device), data, eval)
+    data, ids = read_dense_split(store, split_ref)
+    store_metrics(store, ref, params, load_trained(store, train_ref, model, data, device), data, ids, eval)
     return str(ref)

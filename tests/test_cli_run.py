@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import flows.cli as cli
 import flows.run
+import flows.tune
 from recsys.ablations import VARIANTS
 from recsys.config import LLMConfig, RunConfig
 
@@ -78,3 +79,34 @@ def test_ablate_trains_every_variant_by_default_and_checks_names(monkeypatch, tm
     res = CliRunner().invoke(cli.app, ["run", "--variants", "llmrec,w/o-everything", *url])
     assert res.exit_code == 2 and "w/o-everything" in res.output and "w/o-u&i" in res.output
     assert len(calls) == 2  # a bad name stops before any flow runs
+
+
+def test_run_config_file_and_tune(monkeypatch, tmp_path) -> None:
+    """`run --config` trains the file's configuration (--seeds may change it, options that set one may not);
+    `tune` is `run` with trials, into runs/tune by default."""
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(flows.run, "run_flow", fake_flow(calls))
+    chosen = RunConfig(llm=LLMConfig(model="some-model"), seeds=(7,))
+    path = tmp_path / "best_config.json"
+    path.write_text('{"config": ' + chosen.model_dump_json() + "}")
+    url = ["--base-url", "http://example.invalid/v1", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(cli.app, ["run", "--config", str(path), *url])
+    assert res.exit_code == 0, res.output
+    assert calls[0]["config"].llm.model == "some-model" and calls[0]["config"].seeds == (7,)
+    res = CliRunner().invoke(cli.app, ["run", "--config", str(path), "--seeds", "2", *url])
+    assert res.exit_code == 0 and calls[1]["config"].seeds == (2020, 2021)
+    res = CliRunner().invoke(cli.app, ["run", "--config", str(path), "--dataset", "x", "--epochs", "3", *url])
+    assert res.exit_code == 2 and "do not combine it with --dataset, --epochs" in res.output
+    path.write_text('{"config": {"seeds": "many"}}')
+    res = CliRunner().invoke(cli.app, ["run", "--config", str(path), *url])
+    assert res.exit_code == 2 and "is not a run configuration" in res.output
+    assert len(calls) == 2
+
+    tuned: list[dict[str, Any]] = []
+    monkeypatch.setattr(flows.tune, "tune_flow", lambda **kw: tuned.append(kw) or {"report": "# tuned"})
+    res = CliRunner().invoke(cli.app, ["tune", "--base-url", "http://example.invalid/v1", "--max-train-per-user",
+                                       "5", "--trial-timeout", "60"])
+    assert res.exit_code == 0, res.output
+    (call,) = tuned
+    assert call["tune"].trials == 20 and call["tune"].trial_timeout_s == 60 and call["out_dir"] == "runs/tune"
+    assert call["config"].split.max_train_per_user == 5 and len(call["config"].seeds) == 5

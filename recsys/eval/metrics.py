@@ -68,5 +68,9 @@ def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int])
     """
     if len(ks) == 0 or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
-    per_user = per_user_metrics(hits, n_relevant, ks)
+    return user_means(per_user_metrics(hits, n_relevant, ks))
+
+
+def user_means(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    """The plain mean over users of each per-user metric (NaN when there are no users)."""
     return {name: float(v.mean()) if v.size else float("nan") for name, v in per_user.items()}

@@ -109,14 +109,15 @@ def ablation_markdown(table: pd.DataFrame) -> list[str]:
 
 
 def report_markdown(frame: pd.DataFrame, baseline: str = "lightgcn", title: str = "LLMRec run",
-                    extra: list[str] | None = None, png: str | None = None) -> str:
-    """Markdown: the Table-3 ablation summary on test (with `png`, the bar chart's file name, linked), then
-    `extra` (e.g. the cost section), then per split a table of metric@k rows and one mean ± std column per
-    variant, with Δ and p."""
+                    extra: list[str] | None = None, png: str | None = None, lead: list[str] | None = None) -> str:
+    """Markdown: `lead` (e.g. the verdict) under the title, the Table-3 ablation summary on test (with `png`, the
+    bar chart's file name, linked), then `extra` (e.g. the cost section), then per split a table of metric@k rows
+    and one mean ± std column per variant, with Δ and p."""
     summary = summary_frame(frame, baseline)
     variants = list(dict.fromkeys(frame["variant"]))
     seeds = sorted(set(frame["seed"]))
-    lines = [f"# {title}", "", f"Variants: {', '.join(variants)}. Seeds: {', '.join(map(str, seeds))} "
+    lines = [f"# {title}", "", *([*lead, ""] if lead else []),
+             f"Variants: {', '.join(variants)}. Seeds: {', '.join(map(str, seeds))} "
              f"(n = {len(seeds)}). Baseline: {baseline}.", ""]
     if len(seeds) < 2:
         lines += ["One seed: no standard deviation or t-test (run with more seeds for p-values).", ""]

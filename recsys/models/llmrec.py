@@ -129,9 +129,7 @@ class LLMRec(Recommender):
         if not torch.isfinite(x).all():
             raise ValueError(f"feature {name!r} holds NaN or inf")
         cfg = self.cfg
-        scale = cfg.omega1 if cfg.fusion == "paper" else {
-            "modal": cfg.modal_scale, "profile": cfg.profile_scale, "attribute": cfg.attribute_scale}[group]
-        self.sources.append(FeatureSource(name, side, group, int(x.shape[1]), float(scale)))
+        self.sources.append(FeatureSource(name, side, group, int(x.shape[1]), cfg.scale_of(group)))
         # A float32 copy (detach().clone()), so nothing done here can reach the caller's tensor; reduced to its
         # principal directions (`principal_basis`), so that every path (and the MAE's targets) sees the same X.
         x = x.detach().to(torch.float32).clone()
@@ -164,9 +162,9 @@ class LLMRec(Recommender):
 
     @torch.no_grad()
     def _precompute_propagated_raw(self) -> None:
-        """Buffers coords_<name> = X B^T, prop_<name> = P [0; X B^T] ([N, r]) and prop_ones_<side> = P 1_side ([N, 1]), with B the source's
-        principal basis (buffer basis_<name>, [r, raw]; the identity when it has none, so X itself). Non-persistent:
-        derived from the features and the graph, never checkpointed.
+        """Buffers coords_<name> = X B^T ([n_side, r]), prop_<name> = P [0; X B^T] ([N, r]) and prop_ones_<side>
+        = P 1_side ([N, 1]), with B the source's principal basis (buffer basis_<name>, [r, raw]; the identity when
+        it has none, so X itself). Non-persistent: derived from the features and the graph, never checkpointed.
 
         Propagation is linear and X = (X B^T) B, so P (X W^T + 1 b^T) = (P X B^T)(W B^T)^T + (P 1) b^T with P the
         sum of the feature hops' powers of A: each step costs one dense [N, r] x [r, d] product per source instead

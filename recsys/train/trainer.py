@@ -21,6 +21,11 @@ from recsys.models.base import Recommender
 from recsys.train.sampling import NegativeSampler, epoch_triplets
 
 
+class StopTraining(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by an `on_epoch` callback to abandon a fit with no result (e.g. a tuning trial that the pruner or a
+    time limit stops); `fit` lets it through like any other exception of the callback."""
+
+
 @dataclass(frozen=True)
 class EpochReport:
     """What happened in one epoch; handed to the `on_epoch` callback (e.g. for logging or progress)."""

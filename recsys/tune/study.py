@@ -22,6 +22,19 @@ JOURNAL = "optuna-journal.log"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+class TuningFailed(RuntimeError):
+    """No trial of a study completed (every one was pruned, diverged or ran over its time limit)."""
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The study's best complete trial; TuningFailed naming what became of the trials when none completed."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        states = ", ".join(f"{n} {s}" for s, n in trials_frame(study)["state"].value_counts().items())
+        raise TuningFailed(f"study {study.study_name}: no trial completed ({states or 'no trials'}); give trials "
+                           "more time (--trial-timeout) or more trials (--trials)")
+    return study.best_trial
+
+
 def open_study(folder: Path, name: str, *, seed: int, warmup_epochs: int) -> optuna.Study:
     """The study `name` in `folder`/optuna-journal.log, created or resumed (interrupted trials queued again).
 
@@ -71,6 +84,7 @@ def plots_png(study: optuna.Study, folder: Path) -> list[Path]:
     for name, plot in plots.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)  # "few trials per regime": the plot says what it can
             ax = plot(study)
         ax.figure.set_size_inches(8, 5)
         ax.figure.tight_layout()
