@@ -293,11 +293,14 @@ class LLMRec(Recommender):
     def fuse(self, ids: Tensor, feats: Mapping[str, Tensor]) -> Tensor:
         """h = e + sum_k w_k * f_k / ||f_k||_2, row-wise (paper §3.2.2; [REPO] F.normalize on every added term).
         A node the feature never reaches (zero row) adds nothing."""
-        h = ids
-        for s in self.sources:
-            if s.scale != 0.0:
-                h = h + s.scale * F.normalize(feats[s.name], p=2, dim=1)
-        return h
+        used = [s for s in self.sources if s.scale != 0.0]
+        if not used:
+            return ids
+        # All sources at once ([S, N, d]): a few large elementwise ops instead of a few per source.
+        stacked = torch.stack([feats[s.name] for s in used])
+        scales = stacked.new_tensor([s.scale for s in used]).view(-1, 1, 1)
+        norms = stacked.norm(p=2, dim=2, keepdim=True).clamp_min(1e-12)  # as F.normalize
+        return ids + (stacked * (scales / norms)).sum(0)
 
     def _forward(self, masks: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         feats = self.propagated_features(masks)
