@@ -32,7 +32,14 @@ from recsys.embed.texts import ATTRIBUTE_FIELDS
 from recsys.eval.cost_rate import cost_improvement, cost_markdown, stage_costs
 from recsys.eval.plot import ablation_png
 from recsys.eval.report import ablation_table, metrics_frame, metrics_rows, report_markdown
-from recsys.eval.verdict import group_frame, group_markdown, group_rows, quartile_groups, verdict_sentence
+from recsys.eval.verdict import (
+    augmentation_name,
+    group_frame,
+    group_markdown,
+    group_rows,
+    quartile_groups,
+    verdict_sentence,
+)
 from recsys.models.llmrec import feature_group
 from storage.atomic import atomic_path, write_json, write_parquet, write_text
 from storage.ledger import read_ledger
@@ -182,7 +189,8 @@ def report_run(config: RunConfig, root: str, out: Path | None, inputs: StageTwoI
     frame = metrics_frame(rows)
     costs, cost_usd = cost_section(frame, inputs.augment["ledger"], config, float(inputs.augment["cost_usd"]))
     compared = FULL if FULL in variants else variants[0]
-    lead = [f"**{verdict_sentence(frame, baseline, compared, cost_usd=cost_usd)}** ({compared} against its "
+    what = augmentation_name(config.llmrec) if compared == FULL else "LLM augmentation"
+    lead = [f"**{verdict_sentence(frame, baseline, compared, cost_usd=cost_usd, what=what)}** ({compared} against its "
             f"backbone {baseline})", "", setting_line(config)]
     sections = [*costs, *group_section(store, inputs.refs["split"], trained, baseline), *(extra or [])]
     report = report_markdown(frame, baseline=baseline, title=f"LLMRec on {config.data.dataset}", lead=lead,

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from recsys.config import LLMRecConfig
 from recsys.eval.report import metrics_frame, metrics_rows
-from recsys.eval.verdict import group_frame, group_markdown, group_rows, quartile_groups, verdict_sentence
+from recsys.eval.verdict import (
+    augmentation_name,
+    group_frame,
+    group_markdown,
+    group_rows,
+    quartile_groups,
+    verdict_sentence,
+)
 
 
 def frame_of(base: list[float], other: list[float]) -> pd.DataFrame:
@@ -51,3 +59,12 @@ def test_group_table_pairs_seeds_within_each_group() -> None:
     assert "+" in q1.split("|")[5]  # Q1 improves (0.1 -> ~0.3)
     q2 = next(line for line in lines if line.startswith("| Q2 | 2 | llmrec"))
     assert "+0.0%" in q2
+
+
+def test_verdict_subject_names_the_llm_inputs_in_use() -> None:
+    assert augmentation_name(LLMRecConfig()) == "LLM augmentation"
+    edges_only = LLMRecConfig(profile_scale=0.0, attribute_scale=0.0)
+    assert augmentation_name(edges_only) == "LLM augmentation (augmented edges only)"
+    text_only = LLMRecConfig(omega3=0.0, profile_scale=0.0, attribute_scale=0.0, modal_scale=0.8)
+    assert "no LLM-made input" in augmentation_name(text_only)
+    assert augmentation_name(text_only.model_copy(update={"modal_scale": 0.0})) == "LLMRec with every augmentation off"

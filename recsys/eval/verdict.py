@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from recsys.config import LLMRecConfig
 from recsys.eval.report import SHORT, metrics_frame, paired_p
 
 ALPHA = 0.05  # significance level of the paired t-test behind the verdict
@@ -66,6 +67,21 @@ def compare(frame: pd.DataFrame, baseline: str, variant: str, metric: str = "rec
     mean_b, mean_o = (float(b.mean()), float(o.mean())) if len(seeds) else (float("nan"), float("nan"))
     rel = mean_o / mean_b - 1.0 if len(seeds) and mean_b else float("nan")
     return {"n": len(seeds), "baseline": mean_b, "variant": mean_o, "rel": rel, "p": paired_p(o, b)}
+
+
+def augmentation_name(llmrec: LLMRecConfig) -> str:
+    """What the full LLMRec of a configuration adds to its backbone, for the verdict's subject: "LLM augmentation"
+    when the LLM's edges (ω3 > 0), user profiles and item attributes (scale > 0) are all in use, else which of them
+    are, or that none is (a tuned configuration may switch any of them off, paper Eq. 8 with a scale of 0)."""
+    made = [name for name, on in (("augmented edges", llmrec.omega3 > 0), ("user profiles", llmrec.profile_scale > 0),
+                                  ("item attributes", llmrec.attribute_scale > 0)) if on]
+    if len(made) == 3:
+        return "LLM augmentation"
+    if made:
+        return f"LLM augmentation ({' and '.join(made)} only)"
+    if llmrec.modal_scale > 0:
+        return "LLMRec with item text features and no LLM-made input"
+    return "LLMRec with every augmentation off"
 
 
 def verdict_sentence(frame: pd.DataFrame, baseline: str, variant: str, *, cost_usd: float | None = None,
