@@ -102,7 +102,7 @@ def test_malformed_then_valid_is_ok_after_two_asks_and_forgets(caplog: pytest.Lo
     with caplog.at_level(logging.WARNING, logger="llmrec.augment"):
         (out,) = augment_edges(client, [_user(3)], max_reasks=2, max_workers=1, tags=TAGS)
     first = edges_messages(_user(3))
-    assert out == ItemOutcome(key=3, ok=True, value={"pos_item_id": 301, "neg_item_id": 304},
+    assert out == ItemOutcome(key=3, ok=True, value={"pos_item_id": 301, "neg_item_id": 304, "pos_rank": 1, "neg_rank": 4},
                               raw='{"liked": 1, "disliked": 4}', reason=None, asks=2, prompt_hash=prompt_hash(first))
     assert client.forgotten == [(prompt_hash(first), EDGES_VERSION)]
     re_ask = client.calls[1][0]
@@ -151,7 +151,8 @@ def test_edges_reject_history_and_out_of_range_answers() -> None:
     answers = ['{"liked": 0, "disliked": 1}', '{"liked": 1, "disliked": 3}', '{"liked": 2, "disliked": 1}']
     client = FakeClient(lambda m, n: answers[n - 1])
     (out,) = augment_edges(client, [ctx], max_reasks=2, max_workers=1, tags=TAGS)
-    assert out.ok and out.value == {"pos_item_id": 9, "neg_item_id": 8} and out.asks == 3
+    assert out.ok and out.value == {"pos_item_id": 9, "neg_item_id": 8, "pos_rank": 2, "neg_rank": 1}
+    assert out.asks == 3
     corrections = [call[0][-1]["content"] for call in client.calls[1:]]
     assert "liked item 7 is in the user's training history" in corrections[0]
     assert "disliked index 3 is outside the candidate list 0..2" in corrections[1]
@@ -267,17 +268,20 @@ def test_attributes_failures_are_bounded_and_per_item() -> None:
 
 
 def test_frames_have_exact_columns_and_dtypes() -> None:
-    ok_edge = ItemOutcome(1, True, {"pos_item_id": 5, "neg_item_id": 6}, "{}", None, 1, "h1")
+    ok_edge = ItemOutcome(1, True, {"pos_item_id": 5, "neg_item_id": 6, "pos_rank": 0, "neg_rank": 3}, "{}", None, 1,
+                          "h1", history_cut=2)
     bad = ItemOutcome(2, False, None, None, "no candidates", 0, None)
     ok_profile = ItemOutcome(3, True, PROFILE, "raw", None, 2, "h3")
     ok_attr = ItemOutcome(4, True, {"director": "D", "country": "C", "language": "L"}, "raw", None, 1, "h4")
     expected = {
         "edges": (edges_frame, [ok_edge, bad], {"user_id": "int64", "pos_item_id": "int64", "neg_item_id": "int64",
-                                                "model": "string", "prompt_hash": "string"}),
+                                                "model": "string", "prompt_hash": "string", "pos_rank": "int64",
+                                                "neg_rank": "int64", "history_cut": "int64"}),
         "profiles": (profiles_frame, [bad, ok_profile], {
             "user_id": "int64", "age": "int64", "gender": "string", "liked_genres": "list<item: string>",
             "disliked_genres": "list<item: string>", "liked_directors": "list<item: string>", "country": "string",
-            "language": "string", "raw_text": "string", "model": "string", "prompt_hash": "string"}),
+            "language": "string", "raw_text": "string", "model": "string", "prompt_hash": "string",
+            "history_cut": "int64"}),
         "attributes": (attributes_frame, [ok_attr, bad], {
             "item_id": "int64", "director": "string", "country": "string", "language": "string",
             "raw_text": "string", "model": "string", "prompt_hash": "string"}),
@@ -294,9 +298,9 @@ def test_frames_have_exact_columns_and_dtypes() -> None:
     assert (profile["user_id"], profile["age"], profile["model"]) == (3, 30, "m-1")
     edges = edges_frame([ok_edge], "m-1")
     assert edges.to_dict("records") == [{"user_id": 1, "pos_item_id": 5, "neg_item_id": 6, "model": "m-1",
-                                         "prompt_hash": "h1"}]
+                                         "prompt_hash": "h1", "pos_rank": 0, "neg_rank": 3, "history_cut": 2}]
     failures = failures_frame([ok_edge, bad], "edges")
-    assert list(failures.columns) == ["stage", "key", "reason", "raw", "asks"]
+    assert list(failures.columns) == ["stage", "key", "reason", "raw", "asks", "history_cut"]
     assert failures["key"].dtype == "int64" and failures["asks"].dtype == "int64"
     assert failures.iloc[0]["reason"] == "no candidates" and pd.isna(failures.iloc[0]["raw"])
     assert len(failures_frame([], "edges")) == 0
