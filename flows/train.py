@@ -24,6 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.augment import run_augment
 from flows.embed import run_embed
 from recsys.ablations import FULL, get_variant, parse_variants
+from recsys.augment.positions import position_markdown
 from recsys.config import RunConfig, default_store_dir
 from recsys.embed.texts import ATTRIBUTE_FIELDS
 from recsys.eval.cost_rate import cost_improvement, cost_markdown, stage_costs
@@ -151,6 +152,8 @@ def run_stage_two(config: RunConfig, store_root: str | None, out_dir: str | None
     rows, refs["variants"] = train_variants(config, root, refs, refs["features"], edge_refs, names)
     frame = metrics_frame(rows)
     costs = cost_section(frame, aug["ledger"], config, float(aug["cost_usd"]))
+    if aug.get("positions") is not None:  # position bias of the augmented edges
+        costs += position_markdown(aug["positions"])
     report = report_markdown(frame, baseline=BASELINE, title=f"LLMRec on {config.data.dataset}", extra=costs,
                              png=REPORT_PNG)
     if out:

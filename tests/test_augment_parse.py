@@ -59,7 +59,7 @@ def test_extract_rejects(text: str | None, reason: str) -> None:
 
 def test_edges_valid_maps_indices_to_item_ids() -> None:
     assert validate_edges('```json\n{"liked": 0, "disliked": 9}\n```', CTX) == {
-        "pos_item_id": 200, "neg_item_id": 209, "pos_rank": 0, "neg_rank": 9}
+        "pos_item_id": 200, "neg_item_id": 209, "pos_rank": 1, "neg_rank": 10}
 
 
 def test_edges_map_shown_positions_back_to_the_base_order() -> None:
@@ -69,7 +69,7 @@ def test_edges_map_shown_positions_back_to_the_base_order() -> None:
     base = [ItemText(300 + i, f"B{i}", 2000, "Drama") for i in range(4)]
     ctx = UserContext(1, CTX.history, [base[i] for i in order], frozenset({100}), order=order)
     assert validate_edges('{"liked": 0, "disliked": 3}', ctx) == {"pos_item_id": 303, "neg_item_id": 301,
-                                                                  "pos_rank": 3, "neg_rank": 1}
+                                                                  "pos_rank": 4, "neg_rank": 2}
 
 
 EDGE = '{"liked": 2, "disliked": 7}'

@@ -102,7 +102,8 @@ def test_malformed_then_valid_is_ok_after_two_asks_and_forgets(caplog: pytest.Lo
     with caplog.at_level(logging.WARNING, logger="llmrec.augment"):
         (out,) = augment_edges(client, [_user(3)], max_reasks=2, max_workers=1, tags=TAGS)
     first = edges_messages(_user(3))
-    assert out == ItemOutcome(key=3, ok=True, value={"pos_item_id": 301, "neg_item_id": 304, "pos_rank": 1, "neg_rank": 4},
+    value = {"pos_item_id": 301, "neg_item_id": 304, "pos_rank": 2, "neg_rank": 5}
+    assert out == ItemOutcome(key=3, ok=True, value=value,
                               raw='{"liked": 1, "disliked": 4}', reason=None, asks=2, prompt_hash=prompt_hash(first))
     assert client.forgotten == [(prompt_hash(first), EDGES_VERSION)]
     re_ask = client.calls[1][0]
@@ -151,7 +152,7 @@ def test_edges_reject_history_and_out_of_range_answers() -> None:
     answers = ['{"liked": 0, "disliked": 1}', '{"liked": 1, "disliked": 3}', '{"liked": 2, "disliked": 1}']
     client = FakeClient(lambda m, n: answers[n - 1])
     (out,) = augment_edges(client, [ctx], max_reasks=2, max_workers=1, tags=TAGS)
-    assert out.ok and out.value == {"pos_item_id": 9, "neg_item_id": 8, "pos_rank": 2, "neg_rank": 1}
+    assert out.ok and out.value == {"pos_item_id": 9, "neg_item_id": 8, "pos_rank": 3, "neg_rank": 2}
     assert out.asks == 3
     corrections = [call[0][-1]["content"] for call in client.calls[1:]]
     assert "liked item 7 is in the user's training history" in corrections[0]

@@ -264,12 +264,13 @@ def answer_schema(stage: str) -> dict[str, Any]:
 
 
 def validate_edges(text: str | None, ctx: UserContext) -> dict[str, int]:
-    """{"pos_item_id", "neg_item_id"} (raw item ids) and {"pos_rank", "neg_rank"} (their 0-based positions in the
-    base model's candidate order) of a valid edges answer for `ctx`; raises InvalidAnswer."""
+    """{"pos_item_id", "neg_item_id"} (raw item ids) and {"pos_rank", "neg_rank"} (their ranks in the base model's
+    candidate order, 1 = its best, as in candidates.parquet) of a valid edges answer for `ctx`; raises
+    InvalidAnswer."""
     answer: EdgesAnswer = _first_valid(EdgesAnswer, text, user=ctx)
     return {"pos_item_id": int(ctx.candidates[answer.liked].item_id),
             "neg_item_id": int(ctx.candidates[answer.disliked].item_id),
-            "pos_rank": ctx.base_rank(answer.liked), "neg_rank": ctx.base_rank(answer.disliked)}
+            "pos_rank": ctx.base_rank(answer.liked) + 1, "neg_rank": ctx.base_rank(answer.disliked) + 1}
 
 
 def validate_profile(text: str | None) -> dict[str, Any]:

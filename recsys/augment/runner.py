@@ -224,7 +224,7 @@ def _frame(rows: list[dict[str, Any]], dtypes: dict[str, Any]) -> pd.DataFrame:
 
 def edges_frame(outcomes: Sequence[ItemOutcome], model: str) -> pd.DataFrame:
     """augmented_edges: user_id, pos_item_id, neg_item_id (int64), model, prompt_hash, pos_rank, neg_rank (the
-    picked candidates' 0-based positions in the base model's order), history_cut — one row per ok user."""
+    picked candidates' ranks in the base model's order, 1 = its best), history_cut — one row per ok user."""
     rows = [{"user_id": o.key, **o.value, "model": model, "prompt_hash": o.prompt_hash,
              "history_cut": o.history_cut} for o in outcomes if o.ok and o.value is not None]
     return _frame(rows, {"user_id": "int64", "pos_item_id": "int64", "neg_item_id": "int64",

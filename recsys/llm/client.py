@@ -309,14 +309,10 @@ class LLMClient(Endpoint):
         has `text=None` and `error`), except `LLMAuthError` for refused credentials or quota."""
         tags = {str(k): str(v) for k, v in (tags or {}).items()}
         started = time.monotonic()
-        key = self.cache_key(messages, template_version)
-        hit = self.cache.get(key)
+        hit = self.cached(messages, template_version=template_version, tags=tags)
         if hit is not None:
-            pt, ct = int(hit.get("prompt_tokens", 0)), int(hit.get("completion_tokens", 0))
-            self.emit(tags, attempt=0, outcome="ok", prompt_tokens=pt, completion_tokens=ct, cached=True,
-                      latency_s=time.monotonic() - started)
-            return ChatResult(hit["text"], pt, ct, True, 0, time.monotonic() - started, None)
-
+            return hit
+        key = self.cache_key(messages, template_version)
         estimate = count_message_tokens(messages)
 
         def send() -> tuple[str, int, int]:
@@ -333,6 +329,18 @@ class LLMClient(Endpoint):
         except CallFailed as exc:
             return ChatResult(None, 0, 0, False, exc.attempts, time.monotonic() - started, str(exc))
         return ChatResult(text, pt, ct, False, attempts, time.monotonic() - started, None)
+
+    def cached(self, messages: list[dict[str, str]], *, template_version: str, tags: dict[str, str] | None = None
+               ) -> ChatResult | None:
+        """The answer to `messages` from the response cache (a cache-hit usage event), or None."""
+        started = time.monotonic()
+        hit = self.cache.get(self.cache_key(messages, template_version))
+        if hit is None:
+            return None
+        pt, ct = int(hit.get("prompt_tokens", 0)), int(hit.get("completion_tokens", 0))
+        self.emit({str(k): str(v) for k, v in (tags or {}).items()}, attempt=0, outcome="ok", prompt_tokens=pt,
+                  completion_tokens=ct, cached=True, latency_s=time.monotonic() - started)
+        return ChatResult(hit["text"], pt, ct, True, 0, time.monotonic() - started, None)
 
     @staticmethod
     def _read_answer(response: Any, prompt_estimate: int) -> tuple[str, int, int]:
