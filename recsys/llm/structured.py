@@ -21,8 +21,8 @@ MODES: tuple[str, ...] = ("json_schema", "json_object_schema", "json_object", "n
 
 
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` (a pydantic JSON schema) with `$ref`s inlined, titles dropped, and every object closed: all its
-    properties required, no other property allowed."""
+    """`schema` (a pydantic JSON schema) with `$ref`s inlined, titles and descriptions (docstrings) dropped, and
+    every object closed: all its properties required, no other property allowed."""
     defs = schema.get("$defs", {})
 
     def walk(node: Any) -> Any:
@@ -32,7 +32,7 @@ def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
             return node
         if "$ref" in node:
             return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
-        out = {k: walk(v) for k, v in node.items() if k not in ("title", "$defs")}
+        out = {k: walk(v) for k, v in node.items() if k not in ("title", "description", "$defs")}
         if out.get("type") == "object" and "properties" in out:
             out["required"] = list(out["properties"])
             out["additionalProperties"] = False
