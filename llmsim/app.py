@@ -333,12 +333,12 @@ async def _genuine(prompt: h.Prompt, decision: Decision, embedder: AsyncEmbedder
         return h.attributes_answer(prompt), None
     if isinstance(prompt, h.ProfilePrompt):
         return h.profile_answer(prompt), None
+    if decision.first_listed:
+        return h.first_listed_answer(len(prompt.candidates)), "first_listed"
     vectors = await embedder.embed([item.text for item in (*prompt.history, *prompt.candidates)])
     liked, disliked = h.edge_choice(vectors[:len(prompt.history)], vectors[len(prompt.history):])
     if decision.out_of_candidates:
         return h.out_of_candidates_answer(len(prompt.candidates), disliked, decision.draw), "out_of_candidates"
-    if decision.first_listed:
-        return h.first_listed_answer(len(prompt.candidates), disliked), "first_listed"
     return h.edges_answer(liked, disliked), None
 
 

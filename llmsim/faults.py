@@ -44,8 +44,8 @@ class FaultConfig(BaseModel):
     retry_after: str | None = Field(None, min_length=1,
                                     description="every request gets 429 with this Retry-After header (e.g. 86400, "
                                                 "inf, an HTTP date)")
-    first_listed_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of edge answers whose liked candidate "
-                                     "is the first one listed (position bias)")
+    first_listed_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of edge answers that pick the first "
+                                     "listed candidate as liked and the last as disliked (position bias)")
     wrapped_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of answers without response_format that "
                                 "come wrapped: markdown fences, prose around, several fences")
     structured_outputs: Literal["json_schema", "json_object_schema", "json_object", "none"] = Field(
@@ -175,7 +175,8 @@ class FaultInjector:
         cfg = self._config
         malformed = chat and self._hit(cfg.malformed_rate)
         out_of_candidates = chat and not malformed and self._hit(cfg.out_of_candidates_rate)
-        first_listed = chat and not malformed and not out_of_candidates and self._hit(cfg.first_listed_rate)
+        # Under a schema a malformed answer is replaced by the genuine one, which first_listed may still bias.
+        first_listed = chat and not out_of_candidates and self._hit(cfg.first_listed_rate)
         wrapped = chat and not malformed and self._hit(cfg.wrapped_rate)
         return Decision(Fault.NONE, malformed=malformed, out_of_candidates=out_of_candidates,
                         first_listed=first_listed, wrapped=wrapped, draw=self._rng.random(), **timing)

@@ -203,10 +203,10 @@ def out_of_candidates_answer(k: int, disliked: int, draw: float) -> str:
     return json.dumps({"liked": bad, "disliked": disliked})
 
 
-def first_listed_answer(k: int, disliked: int) -> str:
-    """An edge answer whose liked candidate is the first one listed, whatever the history (position bias); the
-    disliked one stays the heuristic's, or the last listed when that is the first."""
-    return edges_answer(0, disliked if disliked != 0 else k - 1)
+def first_listed_answer(k: int) -> str:
+    """An edge answer that follows the list, not the history (position bias): liked is the first candidate listed,
+    disliked the last."""
+    return edges_answer(0, k - 1)
 
 
 def _pick(options: tuple[str, ...], draw: float) -> str:

@@ -320,3 +320,56 @@ def test_client_exception_propagates_and_cancels_pending_work() -> None:
     with pytest.raises(Refused):
         augment_profiles(client, [_user(u) for u in range(1, 30)], max_reasks=1, max_workers=1, tags=TAGS)
     assert len(client.calls) == 2  # users after the failing one were never asked
+
+
+# --- the prompt token budget -----------------------------------------------------------------------------------
+def _long_user(uid: int, n_history: int) -> UserContext:
+    history = [ItemText(i, f"A fairly long movie title number {i}", 1990, "Drama|Comedy") for i in range(n_history)]
+    candidates = [ItemText(5000 + i, f"Candidate {i}", 2000, "Comedy") for i in range(5)]
+    return UserContext(uid, history, candidates, frozenset(range(n_history)),
+                       keep=tuple(range(n_history - 1, -1, -1)))
+
+
+def test_history_is_cut_to_the_budget_and_the_cut_recorded() -> None:
+    """A 200-item history does not fit 800 tokens: the most recent items are kept until the prompt fits, the number
+    cut is in the outcome and the edges row; a 40-token budget fits no prompt at all: nothing is sent."""
+    from recsys.llm.tokens import count_message_tokens
+
+    client = FakeClient(lambda m, n: '{"liked": 0, "disliked": 1}')
+    (out,) = augment_edges(client, [_long_user(1, 200)], max_reasks=1, max_workers=1, tags=TAGS,
+                           max_prompt_tokens=800)
+    (sent, _, _), = client.calls
+    assert out.ok and 0 < out.history_cut < 200
+    assert count_message_tokens(sent) <= 800
+    shown = re.findall(r"number (\d+)", sent[1]["content"])
+    assert shown == [str(i) for i in range(out.history_cut, 200)]  # the latest rows, in their order
+    assert edges_frame([out], "m")["history_cut"].tolist() == [out.history_cut]
+
+    client = FakeClient(lambda m, n: json.dumps(PROFILE))
+    (edge,) = augment_edges(client, [_long_user(2, 3)], max_reasks=1, max_workers=1, tags=TAGS, max_prompt_tokens=40)
+    (profile,) = augment_profiles(client, [_long_user(3, 3)], max_reasks=1, max_workers=1, tags=TAGS,
+                                  max_prompt_tokens=40)
+    assert client.calls == []
+    for failed in (edge, profile):
+        assert not failed.ok and re.fullmatch(r"prompt too long: \d+ tokens with one history item, more than "
+                                              r"max_prompt_tokens=40; not sent", failed.reason)
+        assert failed.history_cut == 2
+    assert failures_frame([edge], "edges")["history_cut"].tolist() == [2]
+
+
+def test_attribute_requests_close_early_to_fit_the_budget() -> None:
+    from recsys.augment.attributes import request_groups
+    from recsys.llm.tokens import count_message_tokens
+
+    items = [ItemText(i, f"Title {i} " + "word " * (40 if i == 3 else 2), 1990, "Drama") for i in range(8)]
+    budget = count_message_tokens(attributes_messages(items[:3])) + 5
+    groups, alone = request_groups(items, items_per_request=5, max_prompt_tokens=budget)
+    assert all(count_message_tokens(attributes_messages([items[i] for i in g])) <= budget for g in groups)
+    assert groups[0] == [0, 1, 2] and sorted([i for g in groups for i in g] + [i for i, _ in alone]) == list(range(8))
+    assert [i for g in groups for i in g] == sorted(i for g in groups for i in g)  # input order kept
+    assert request_groups(items, 5, None) == ([[0, 1, 2, 3, 4], [5, 6, 7]], [])
+    tiny = count_message_tokens(attributes_messages(items[:1])) + 1
+    client = FakeClient(lambda m, n: "{}")
+    out = augment_attributes(client, items[3:4], items_per_request=5, max_reasks=0, max_workers=1, tags=TAGS,
+                             max_prompt_tokens=tiny)
+    assert client.calls == [] and out[0].reason.startswith("prompt too long") and "this item alone" in out[0].reason

@@ -75,7 +75,7 @@ def test_schemas_are_strict_and_come_from_the_answer_models() -> None:
 def test_each_mode_over_http(server: LLMServer, tmp_path: Path, mode: str) -> None:
     """The server in `mode` takes the client in `mode` and enforces it; a client in any other mode is refused at
     its first request (no retry), with an error naming response_format."""
-    server.set_faults(structured_outputs=mode, malformed_rate=1.0)
+    server.set_faults(structured_outputs=mode, malformed_rate=1.0, first_listed_rate=1.0)  # no embedding needed
     for stage, (messages, validate) in STAGES.items():
         with client(server, tmp_path, stage, mode) as llm:
             text = llm.chat(messages, template_version="t").text
