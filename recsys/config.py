@@ -193,8 +193,9 @@ class LLMConfig(EndpointConfig):
     max_tokens: int = Field(512, gt=0)  # official scripts ask for 1000; the JSON answers need far fewer
     max_reasks: int = Field(2, ge=0)  # re-asks after a malformed or invalid answer, then the item is failed
     # How each stage's answer schema (from the pydantic model that validates it) is sent as `response_format`:
-    # "json_schema" (OpenAI, vLLM, llama.cpp since 2025), "json_object_schema" ({"type": "json_object", "schema":
-    # ...}: older llama.cpp servers), "json_object" (JSON mode without a schema: Ollama, older servers), "none".
+    # "json_schema" (OpenAI, vLLM, SGLang, Ollama >= 0.5, recent llama.cpp), "json_object_schema" ({"type":
+    # "json_object", "schema": ...}: llama.cpp builds that answer 500 to json_schema), "json_object" (JSON mode
+    # without a schema: older Ollama, most other servers), "none". README: "Real endpoints".
     structured_outputs: Literal["json_schema", "json_object_schema", "json_object", "none"] = "json_schema"
 
 

@@ -3,7 +3,9 @@
 One job is one batch of chat requests: `<store>/batch-jobs/<stage>/<key>/` holds `requests.jsonl` (the input
 file), `job.json` (the record) and, once the batch ended, `output.jsonl` and `errors.jsonl`. The key is the sha256
 of the requests file and the endpoint, so the same pending requests give the same job: a re-run after a crash
-finds the record and resumes polling the batch it already created instead of submitting again. Every file is
+finds the record and resumes polling the batch it already created instead of submitting again. A job whose results
+were downloaded is never reused: the same requests asked again (a follow-up round, a later run) are a new job,
+`<key>-2`, `<key>-3`, ... Every file is
 written whole (temporary name, then rename), and the record is written before each step it makes possible (the
 input file's id before batches.create, the batch id before the first poll).
 """
@@ -60,8 +62,12 @@ class BatchJob:
 def batch_job(store_root: str | Path, stage: str, lines: list[str], endpoint: str) -> BatchJob:
     """The job of these request lines at `endpoint`, its requests file written (once) and its record started."""
     text = "".join(lines)
-    key = hashlib.sha256(f"{endpoint}\n{text}".encode()).hexdigest()[:32]
-    job = BatchJob(Path(store_root).expanduser() / BATCH_JOBS_DIR / stage / key)
+    digest = hashlib.sha256(f"{endpoint}\n{text}".encode()).hexdigest()[:32]
+    folder = Path(store_root).expanduser() / BATCH_JOBS_DIR / stage
+    n = 1
+    while (job := BatchJob(folder / (digest if n == 1 else f"{digest}-{n}"))).record().get("downloaded"):
+        n += 1
+    key = job.key
     if not job.requests_path.is_file():
         write_text(job.requests_path, text)
     if not job.record():
