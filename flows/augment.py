@@ -1,6 +1,7 @@
 """The `augment` flow (LLMRec Stage 1, paper §3.1 and Figure 1): the base model's candidates, then per stage (u-i
 edges, user profiles, item attributes) plan the batches, run them within the budget and collect what they wrote;
-last, what the run cost."""
+last, what the run cost. In batch mode, each stage's questions first go to OpenAI's Batch API (tasks/batch_api.py)
+and the batches then validate the answers. The flow `estimate` builds every prompt and prices it, sending none."""
 
 from __future__ import annotations
 
@@ -17,11 +18,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.base import base_flow
 from flows.runners import runner_kind, with_runner
+from recsys.augment.positions import position_table
 from recsys.config import AugmentRunConfig, default_store_dir
+from recsys.llm.batch import BatchAPIError
 from storage.ledger import store_ledger_root
+from storage.store import ArtifactStore
 from tasks.augment import BatchFailed, augment_batch, batch_ref, close_run, collect_stage, plan_batches
+from tasks.batch_api import prepare_batch_job, submit_batch_job, wait_batch_job
 from tasks.common import bind
 from tasks.cost import Budget
+from tasks.estimate import estimate_stage
 from tasks.ratelimit import check_rate_limit
 
 ITEMS_FAILED = "items failed"  # a batch that wrote its answered items and recorded the others as failed
@@ -80,15 +86,33 @@ def run_batches(start: Callable[[int], PrefectWrappedFuture[str, Any]], n: int, 
                 failed[i] = f"crashed: {type(exc).__name__}: {exc}"
 
 
+def run_batch_api(root: str, stage: str, batches: list[list[int]], refs: dict[str, str], config: AugmentRunConfig,
+                  ledger_root: str) -> list[str]:
+    """The stage's questions through the Batch API: rounds of prepare -> submit -> wait (tasks/batch_api.py), one
+    round (batch_followup "normal") or until nothing is pending or `batch_rounds` batches ran. Returns the job
+    folders whose results the stage's batches then read."""
+    augment, jobs = config.augment, []
+    ids = [i for batch in batches for i in batch]
+    for _ in range(1 if augment.batch_followup == "normal" else augment.batch_rounds):
+        folder = prepare_batch_job(root, stage, ids, refs, config.llm, augment, jobs)
+        if folder is None:
+            break
+        submit_batch_job(folder, config.llm, augment)
+        wait_batch_job(root, folder, config.llm, augment, ledger_root)
+        jobs.append(folder)
+    return jobs
+
+
 def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, str], config: AugmentRunConfig,
-              budget: Budget) -> tuple[list[str], dict[int, str], int]:
+              budget: Budget, batch_jobs: list[str] | None = None) -> tuple[list[str], dict[int, str], int]:
     """The stage's batches on the flow's task runner (`run_batches`); returns their refs, why batches failed and
-    how many were not started."""
+    how many were not started. `batch_jobs`: the Batch API jobs whose results they read (batch mode)."""
     task = bind(augment_batch, root)
     shared = {"dataset_ref": refs["dataset"], "split_ref": refs["split"], "candidates_ref": refs["candidates"],
               "llm": config.llm, "augment": config.augment}
     failed, not_started = run_batches(
-        lambda i: task.submit(root, stage, i, batches[i], ledger_root=budget.ledger_root, **shared), len(batches),
+        lambda i: task.submit(root, stage, i, batches[i], ledger_root=budget.ledger_root, batch_jobs=batch_jobs,
+                              **shared), len(batches),
         config.augment.max_batches_in_flight, config.augment.batch_timeout_s,
         lambda finished, running: budget.allows(stage, finished, running))
     return [str(batch_ref({"stage": stage, "ids": ids, **shared})) for ids in batches], failed, not_started
@@ -128,7 +152,14 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
     for stage in config.augment.stages:
         ids = bind(plan_batches, root)(root, stage, refs["dataset"], refs["split"], refs["candidates"],
                                        config.augment)
-        batches[stage], failed, not_started = run_stage(root, stage, ids, refs, config, budget)
+        jobs = None
+        if config.augment.mode == "batch":
+            try:
+                jobs = run_batch_api(root, stage, ids, refs, config, budget.ledger_root)
+            except BatchAPIError as exc:
+                problems.append(f"{stage}: {exc}")
+                continue
+        batches[stage], failed, not_started = run_stage(root, stage, ids, refs, config, budget, jobs)
         rows[stage], fails = collect_stage(root, stage, batches[stage], out_dir)
         failures.append(fails)
         logger.info("%s: %d answered, %d failed, %d of %d batches failed, %d not started",
@@ -138,10 +169,23 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
             break
     all_failures = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame()
     spent = close_run(budget.ledger_root, budget.flow_run_id, all_failures, budget.max_cost_usd, out_dir)
+    positions = edge_positions(root, batches.get("edges", []), config.candidates.n_candidates)
+    if positions is not None:
+        logger.info("liked picks by base-model rank: %s", dict(zip(positions["rank"], positions["liked"],
+                                                                    strict=True)))
     if problems:
         raise AugmentFailed("; ".join(problems) + f". Spent ${spent:.6f} in this run. Re-run to retry.")
     return {"refs": refs, "rows": rows, "failed": len(all_failures), "cost_usd": spent, "ledger": budget.ledger_root,
-            "batches": batches}
+            "batches": batches, "positions": positions}
+
+
+def edge_positions(root: str, edge_refs: list[str], n_candidates: int) -> pd.DataFrame | None:
+    """How often the liked / disliked edge picked each base-model rank (recsys/augment/positions.py), over the
+    edges batches written; None when there are none."""
+    store = ArtifactStore(root)
+    frames = [store.read_table(r, "rows") for r in edge_refs if store.exists(r)]
+    frames = [f for f in frames if len(f)]
+    return position_table(pd.concat(frames, ignore_index=True), n_candidates) if frames else None
 
 
 def run_augment(config: AugmentRunConfig | None = None, store_root: str | None = None,
@@ -149,3 +193,20 @@ def run_augment(config: AugmentRunConfig | None = None, store_root: str | None =
     """`augment_flow` with its batches on the task runner `config.runner` names (threads or Dask)."""
     config = config or AugmentRunConfig()
     return with_runner(augment_flow, config.runner)(config=config, store_root=store_root, out_dir=out_dir)
+
+
+@flow(name="estimate", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def estimate_flow(config: AugmentRunConfig | None = None, store_root: str | None = None) -> list[dict[str, Any]]:
+    """What `augment_flow` with `config` would cost, per stage (tasks/estimate.py), without any LLM request: the
+    base model and its candidates (trained when not in the store), then every prompt built and counted."""
+    config = config or AugmentRunConfig()
+    root = str(store_root or default_store_dir())
+    refs = base_flow(config=config.base(), store_root=root)["refs"]
+    ledger_root = str(store_ledger_root(root))
+    rows = []
+    for stage in config.augment.stages:
+        batches = bind(plan_batches, root)(root, stage, refs["dataset"], refs["split"], refs["candidates"],
+                                           config.augment)
+        rows.append(estimate_stage(root, stage, [i for b in batches for i in b], refs, config.llm, config.augment,
+                                   ledger_root))
+    return rows

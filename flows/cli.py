@@ -34,6 +34,7 @@ from recsys.config import (
     EmbedConfig,
     LLMConfig,
     ModelConfig,
+    PromptTokens,
     RunConfig,
     RunnerConfig,
     SplitConfig,
@@ -71,6 +72,28 @@ def split_config(split_dir: Path | None, max_train_per_user: int | None, seed: i
     if split_dir:
         return SplitConfig(method="dir", split_dir=split_dir, max_train_per_user=max_train_per_user)
     return SplitConfig(seed=seed, max_train_per_user=max_train_per_user)
+Mode = Annotated[Literal["normal", "batch"], typer.Option(help="normal: one request per prompt; batch: OpenAI's "
+                                                              "Batch API (half the price, results within 24 h).")]
+BatchFollowup = Annotated[Literal["batch", "normal"], typer.Option(help="Batch mode: invalid or failed items go "
+                                                                        "to a follow-up batch or to normal "
+                                                                        "requests.")]
+Estimate = Annotated[bool, typer.Option("--estimate", help="Build every prompt and print its tokens and USD per "
+                                                           "stage (normal and batch prices); send nothing.")]
+SampleUsers = Annotated[int | None, typer.Option(min=1, help="Trial on a seeded sample of this many users (a later "
+                                                             "full run reuses their answers).")]
+SampleItems = Annotated[int | None, typer.Option(min=1, help="Trial on a seeded sample of this many items "
+                                                             "(attributes).")]
+MaxInFlight = Annotated[int, typer.Option(min=1, help="Requests in flight at once (1 for a single-slot local "
+                                                      "server).")]
+Timeout = Annotated[float, typer.Option(min=0.001, help="Seconds a request may take once sent (waiting for a slot "
+                                                        "or the rate limit does not count).")]
+StructuredOutputs = Annotated[Literal["json_schema", "json_object_schema", "json_object", "none"], typer.Option(
+    help="How the answer schema is sent as response_format: json_schema (OpenAI, vLLM), json_object_schema (older "
+         "llama.cpp), json_object, none.")]
+CandidateOrder = Annotated[Literal["shuffled", "base"], typer.Option(help="List each user's candidates in a "
+                                                                          "seeded shuffled order, or best first.")]
+MaxPromptTokens = Annotated[int, typer.Option(min=1, help="Most prompt tokens per request (every stage); longer "
+                                                          "histories are cut, longer prompts not sent.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -85,6 +108,57 @@ def expected(*errors: type[Exception]) -> Iterator[None]:
         yield
     except errors as e:
         raise _fail(str(e)) from None
+
+
+def endpoint_fields(max_in_flight: int, timeout: float, structured_outputs: str) -> dict[str, Any]:
+    """The LLMConfig fields of the shared endpoint options."""
+    return {"max_in_flight": max_in_flight, "timeout_s": timeout, "structured_outputs": structured_outputs}
+
+
+def augment_fields(mode: str, batch_followup: str, sample_users: int | None, sample_items: int | None,
+                   candidate_order: str, max_prompt_tokens: int) -> dict[str, Any]:
+    """The AugmentConfig fields of the shared augmentation options."""
+    return {"mode": mode, "batch_followup": batch_followup, "sample_users": sample_users,
+            "sample_items": sample_items, "candidate_order": candidate_order,
+            "max_prompt_tokens": PromptTokens(edges=max_prompt_tokens, profiles=max_prompt_tokens,
+                                              attributes=max_prompt_tokens)}
+
+
+def print_estimate(rows: list[dict[str, Any]], model: str) -> None:
+    """The `--estimate` table: per stage and in total, prompts, tokens and USD at normal and batch prices."""
+    table = Table(title=f"Estimated cost of the augmentation on {escape(model)} (nothing was sent)")
+    headers = ("stage", "items", "prompts", "cached", "input tokens", "output tokens", "USD", "USD batch")
+    for i, name in enumerate(headers):
+        table.add_column(name, justify="left" if i == 0 else "right")
+
+    def usd(value: float | None) -> str:
+        return "unpriced" if value is None else f"{value:.4f}"
+
+    for r in rows:
+        table.add_row(r["stage"], *(f"{r[k]:,}" for k in ("items", "prompts", "cached", "input_tokens",
+                                                          "output_tokens")), usd(r["usd"]), usd(r["usd_batch"]))
+    total = {k: sum(r[k] for r in rows) for k in ("items", "prompts", "cached", "input_tokens", "output_tokens")}
+    priced = all(r["usd"] is not None for r in rows)
+    table.add_row("total", *(f"{total[k]:,}" for k in total), usd(sum(r["usd"] for r in rows) if priced else None),
+                  usd(sum(r["usd_batch"] for r in rows) if priced else None), style="bold", end_section=True)
+    (console if console.is_terminal else Console(width=160)).print(table)
+    if rows:
+        console.print(f"tokenizer: {rows[0]['tokenizer']}; output tokens per prompt: "
+                      + ", ".join(f"{r['stage']} {r['output_source']}" for r in rows)
+                      + "; cached prompts cost nothing; re-asks of invalid answers are not included", highlight=False)
+
+
+def print_positions(positions: Any) -> None:
+    """How often the liked and disliked edges picked each base-model rank (position bias made visible)."""
+    if positions is None:
+        return
+    table = Table(title="Picked candidates by base-model rank (1 = the base model's best)")
+    table.add_column("")
+    for rank in positions["rank"]:
+        table.add_column(str(rank), justify="right")
+    for column in ("liked", "disliked"):
+        table.add_row(column, *(str(int(v)) for v in positions[column]))
+    console.print(table)
 
 
 def runner_config(runner: str, dask_address: str | None) -> RunnerConfig:
@@ -162,11 +236,21 @@ def augment(
     dask_address: DaskAddress = None,
     prefect_rate_limit: str | None = typer.Option(None, help="Prefect rate limit (a GCL with slot decay) every "
                                                              "request takes a slot of, shared across processes."),
+    mode: Mode = "normal",
+    batch_followup: BatchFollowup = "batch",
+    estimate: Estimate = False,
+    sample_users: SampleUsers = None,
+    sample_items: SampleItems = None,
+    max_in_flight: MaxInFlight = LLMConfig().max_in_flight,
+    timeout: Timeout = LLMConfig().timeout_s,
+    structured_outputs: StructuredOutputs = LLMConfig().structured_outputs,
+    candidate_order: CandidateOrder = AugmentConfig().candidate_order,
+    max_prompt_tokens: MaxPromptTokens = PromptTokens().edges,
 ) -> None:
     """LLM augmentation (paper §3.1) as the Prefect flow `augment`: u-i edges, user profiles, item attributes.
 
     Trains the base model first when its candidates are not in the store yet. The API key is read from
-    $OPENAI_API_KEY and never written anywhere.
+    $OPENAI_API_KEY and never written anywhere. --estimate prints what the run would cost and sends nothing.
     """
     with expected(ValueError):
         config = AugmentRunConfig(
@@ -175,17 +259,25 @@ def augment(
             model=ModelConfig(name=base_model),
             train=TrainConfig(max_epochs=epochs),
             llm=LLMConfig(model=model, base_url=base_url, rpm=rpm or None, tpm=tpm or None, price_table=price_table,
-                          prefect_rate_limit=prefect_rate_limit),
+                          prefect_rate_limit=prefect_rate_limit,
+                          **endpoint_fields(max_in_flight, timeout, structured_outputs)),
             augment=AugmentConfig(stages=tuple(s.strip() for s in stages.split(",") if s.strip()),
-                                  max_cost_usd=max_cost_usd, users_per_batch=users_per_batch),
+                                  max_cost_usd=max_cost_usd, users_per_batch=users_per_batch,
+                                  **augment_fields(mode, batch_followup, sample_users, sample_items, candidate_order,
+                                                   max_prompt_tokens)),
             runner=runner_config(runner, dask_address),
         )
 
-    from flows.augment import AugmentFailed, run_augment
+    from flows.augment import AugmentFailed, estimate_flow, run_augment
     from tasks.ratelimit import RateLimitUnusable
 
+    if estimate:
+        with expected(DataError, FileNotFoundError):
+            print_estimate(estimate_flow(config=config, store_root=str(store) if store else None), config.llm.model)
+        return
     with expected(DataError, FileNotFoundError, AugmentFailed, RateLimitUnusable):
         result = run_augment(config=config, store_root=str(store) if store else None, out_dir=str(out))
+    print_positions(result["positions"])
     console.print(f"rows: {result['rows']}; failed items: {result['failed']}; cost ${result['cost_usd']:.6f}")
     console.print(f"wrote {out}/*.parquet (this run's ledger rows: {out}/ledger.parquet); all runs' ledger: "
                   f"{result['ledger']}")
@@ -247,7 +339,8 @@ def local_llm_server() -> Iterator[str]:
 
 # Options of `run` that set part of the configuration: with --config, the file's configuration holds them.
 CONFIG_OPTIONS = ("model", "dataset", "data_dir", "split_dir", "max_train_per_user", "epochs", "device",
-                  "embed_backend", "max_cost_usd")
+                  "embed_backend", "max_cost_usd", "mode", "batch_followup", "sample_users", "sample_items",
+                  "max_in_flight", "timeout", "structured_outputs", "candidate_order", "max_prompt_tokens")
 
 
 @app.command()
@@ -275,6 +368,16 @@ def run(
                                                     f"baseline: {', '.join(VARIANTS)}."),
     runner: Runner = "threads",
     dask_address: DaskAddress = None,
+    mode: Mode = "normal",
+    batch_followup: BatchFollowup = "batch",
+    estimate: Estimate = False,
+    sample_users: SampleUsers = None,
+    sample_items: SampleItems = None,
+    max_in_flight: MaxInFlight = LLMConfig().max_in_flight,
+    timeout: Timeout = LLMConfig().timeout_s,
+    structured_outputs: StructuredOutputs = LLMConfig().structured_outputs,
+    candidate_order: CandidateOrder = AugmentConfig().candidate_order,
+    max_prompt_tokens: MaxPromptTokens = PromptTokens().edges,
     config_file: Path | None = typer.Option(None, "--config", exists=True, dir_okay=False,
                                             help="A run configuration (JSON; e.g. tuning/best_config.json of "
                                                  "`llmrec tune`) instead of the options that set one."),
@@ -284,7 +387,8 @@ def run(
 ) -> None:
     """The whole pipeline as the Prefect flow `run`: base model -> LLM augmentation -> embeddings -> the backbone
     baseline and LLMRec per seed -> metrics.parquet and report.md, the verdict first. With --trials, the flow
-    `tune` chooses both models' configurations on validation first. Every stage is cached: a re-run is free."""
+    `tune` chooses both models' configurations on validation first. Every stage is cached: a re-run is free.
+    --estimate prints what its augmentation would cost and sends nothing."""
     local = not base_url
     with expected(ValueError):
         if config_file is not None:
@@ -297,8 +401,10 @@ def run(
                 # The local server started below enforces no rate limit, so the client's own limits are lifted
                 # (they are not part of any cache key).
                 llm=LLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
-                              **({"rpm": None, "tpm": None} if local else {})),
-                augment=AugmentConfig(max_cost_usd=max_cost_usd),
+                              **({"rpm": None, "tpm": None} if local else {}),
+                              **endpoint_fields(max_in_flight, timeout, structured_outputs)),
+                augment=AugmentConfig(max_cost_usd=max_cost_usd, **augment_fields(
+                    mode, batch_followup, sample_users, sample_items, candidate_order, max_prompt_tokens)),
                 embed=EmbedConfig(backend=embed_backend),  # type: ignore[arg-type]
                 seeds=tuple(2020 + i for i in range(seeds)),
             )
@@ -306,8 +412,14 @@ def run(
         names = parse_variants(variants)
         tune = TuneConfig(trials=trials, trial_timeout_s=trial_timeout) if trials else None
 
-    from flows.augment import AugmentFailed
+    from flows.augment import AugmentFailed, estimate_flow
     from recsys.tune.study import TuningFailed
+
+    if estimate:
+        with expected(DataError, FileNotFoundError):
+            print_estimate(estimate_flow(config=config.augment_run(), store_root=str(store) if store else None),
+                           config.llm.model)
+        return
 
     with expected(DataError, FileNotFoundError, AugmentFailed, LLMServerError, TuningFailed):
         result = run_pipeline(config, base_url or None, names, store, out, tune)

@@ -27,6 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.augment import run_augment
 from flows.embed import run_embed
 from recsys.ablations import FULL, get_variant, parse_variants
+from recsys.augment.positions import position_markdown
 from recsys.config import LLMRecConfig, RunConfig, default_store_dir
 from recsys.embed.texts import ATTRIBUTE_FIELDS
 from recsys.eval.cost_rate import cost_improvement, cost_markdown, stage_costs
@@ -188,6 +189,8 @@ def report_run(config: RunConfig, root: str, out: Path | None, inputs: StageTwoI
     baseline = config.baseline_model().name
     frame = metrics_frame(rows)
     costs, cost_usd = cost_section(frame, inputs.augment["ledger"], config, float(inputs.augment["cost_usd"]))
+    if inputs.augment.get("positions") is not None:  # position bias of the augmented edges
+        costs += position_markdown(inputs.augment["positions"])
     compared = FULL if FULL in variants else variants[0]
     what = augmentation_name(config.llmrec) if compared == FULL else "LLM augmentation"
     lead = [f"**{verdict_sentence(frame, baseline, compared, cost_usd=cost_usd, what=what)}** ({compared} against its "

@@ -1,24 +1,34 @@
-"""The local OpenAI-compatible HTTP server: /v1/models, /v1/chat/completions, /v1/embeddings, plus /admin/*.
+"""The local OpenAI-compatible HTTP server: /v1/models, /v1/chat/completions, /v1/embeddings, /v1/files and
+/v1/batches (the Batch API, llmsim/batches.py), plus /admin/*.
 
 This server is not a language model. It answers the project's three augmentation prompts with transparent,
 deterministic heuristics (llmsim/heuristics.py) and embeds text with a small local sentence-embedding model, so
 that the whole pipeline (client, retries, rate limits, caching, parsing) runs and is tested offline over real
 HTTP. Faults (rate limits, errors, hangs, malformed answers, dropped connections) are injected on demand.
+
+Structured outputs: the server takes one `response_format` form (`FaultConfig.structured_outputs`, default
+json_schema) and answers any other with HTTP 500, as llama.cpp's server does; a request without one is always
+taken. With a schema, answers are constrained as a grammar-constrained decoder would constrain them: the
+malformed fault cannot turn them into prose, no wrapping is added, and every answer is checked against the schema;
+with json_object (no schema), a malformed answer is a JSON object of the wrong shape. An index outside the
+candidate list still gets through: a schema cannot know the candidates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import jsonschema
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +41,7 @@ from llmsim import heuristics as h
 from llmsim.embedder import AsyncEmbedder
 from llmsim.faults import Decision, Fault, FaultConfig, FaultInjector
 from recsys.llm.cache import prompt_hash
+from recsys.llm.structured import format_mode, request_schema
 from recsys.llm.tokens import count_message_tokens, count_tokens
 
 MODEL_DESCRIPTION = ("This server is not a language model: it answers with transparent heuristics "
@@ -57,6 +68,9 @@ class Stats:
             self.completion_tokens = 0
             self.embedding_tokens = 0
             self.prompt_answer_counts: Counter[str] = Counter()
+            self.files_created = 0
+            self.batches_created = 0
+            self.batch_requests = 0
 
     def start(self) -> None:
         """Count an arriving API request."""
@@ -83,6 +97,11 @@ class Stats:
                 self.chat_ok += 1
                 self.prompt_answer_counts[prompt_hash] += 1
 
+    def count(self, name: str) -> None:
+        """Add one to the counter `name` (files_created, batches_created, batch_requests)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+
     def embedded(self, tokens: int) -> None:
         """Count the tokens of a 200 embeddings answer."""
         with self._lock:
@@ -101,6 +120,9 @@ class Stats:
                 "completion_tokens": self.completion_tokens,
                 "embedding_tokens": self.embedding_tokens,
                 "prompt_answer_counts": dict(self.prompt_answer_counts),
+                "files_created": self.files_created,
+                "batches_created": self.batches_created,
+                "batch_requests": self.batch_requests,
             }
 
 
@@ -120,6 +142,7 @@ class ChatRequest(BaseModel):
     n: Literal[1] | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: dict[str, Any] | None = None
 
 
 class EmbeddingsRequest(BaseModel):
@@ -141,6 +164,8 @@ class Simulator:
     stats: Stats
     embedder: AsyncEmbedder
     preload: bool
+    files: dict[str, Any] = field(default_factory=dict)  # file id -> llmsim.batches.StoredFile
+    batches: dict[str, Any] = field(default_factory=dict)  # batch id -> llmsim.batches.Batch
 
 
 def _simulator(request: Request) -> Simulator:
@@ -213,12 +238,18 @@ async def _front_faults(request: Request, sim: Simulator, decision: Decision) ->
     """The response when a fault replaces the answer (429, a dropped connection, 500) or the client left during the
     injected delay; None: go on and answer."""
     fault = decision.fault
+    if fault is Fault.RETRY_AFTER:
+        sim.stats.finish("429", fault.value)
+        return openai_error(429, "You exceeded your current quota (injected fault).", "rate_limit_error",
+                            "rate_limit_exceeded", headers={"Retry-After": str(sim.injector.config.retry_after)})
     if fault is Fault.RATE_LIMITED:
         sim.stats.finish("429", fault.value)
         wait = decision.retry_after_s
-        return openai_error(429, f"Rate limit reached: {sim.injector.config.rpm_limit} requests per minute. "
-                                 f"Please try again in {wait}s.", "rate_limit_error", "rate_limit_exceeded",
-                            headers={"Retry-After": str(wait), "Retry-After-Ms": str(wait * 1000)})
+        return openai_error(429, f"Rate limit reached: {sim.injector.config.rpm_limit} requests or "
+                                 f"{sim.injector.config.tpm_limit} tokens per minute. Please try again in {wait}s.",
+                            "rate_limit_error", "rate_limit_exceeded",
+                            headers={"Retry-After": str(wait), "Retry-After-Ms": str(wait * 1000),
+                                     **sim.injector.limit_headers()})
     if fault is Fault.DROP:
         sim.stats.finish("dropped", fault.value)
         return DroppedResponse()
@@ -267,14 +298,43 @@ def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
         return 3 + sum(3 + count_tokens(h.message_text(m)) for m in messages)
 
 
-async def _answer(prompt: h.Prompt, decision: Decision, embedder: AsyncEmbedder) -> tuple[str, str | None]:
-    """The answer's text and the fault it carries (None: a genuine answer)."""
-    if decision.malformed:
+class UnsupportedFormat(Exception):
+    """A `response_format` this server does not take (answered with HTTP 500, as llama.cpp's server does)."""
+
+
+def _format(body: ChatRequest, sim: Simulator) -> tuple[str, dict[str, Any] | None]:
+    """(mode, JSON schema or None) of the request's `response_format`; raises BadRequest for one that is no known
+    form, UnsupportedFormat for a form other than the server's."""
+    try:
+        mode = format_mode(body.response_format)
+    except ValueError as exc:
+        raise BadRequest(str(exc), "response_format") from None
+    served = sim.injector.config.structured_outputs
+    if mode not in ("none", served):
+        raise UnsupportedFormat(f"response_format {mode} is not supported by this server (it takes {served}; "
+                                f"the type field was {body.response_format.get('type')!r})")
+    return mode, request_schema(body.response_format)
+
+
+async def _answer(prompt: h.Prompt, decision: Decision, embedder: AsyncEmbedder, mode: str) -> tuple[str, str | None]:
+    """The answer's text and the fault it carries (None: a genuine answer), as decoding in `mode` allows."""
+    if decision.malformed and mode == "none":
         return h.non_json_answer(decision.draw), "malformed"
+    if decision.malformed and mode == "json_object":
+        return h.json_non_answer(decision.draw), "malformed"
+    text, fault = await _genuine(prompt, decision, embedder)
+    if decision.wrapped and mode == "none":
+        return h.wrapped_answer(text, decision.draw), fault or "wrapped"
+    return text, fault
+
+
+async def _genuine(prompt: h.Prompt, decision: Decision, embedder: AsyncEmbedder) -> tuple[str, str | None]:
     if isinstance(prompt, h.AttributesPrompt):
         return h.attributes_answer(prompt), None
     if isinstance(prompt, h.ProfilePrompt):
         return h.profile_answer(prompt), None
+    if decision.first_listed:
+        return h.first_listed_answer(len(prompt.candidates)), "first_listed"
     vectors = await embedder.embed([item.text for item in (*prompt.history, *prompt.candidates)])
     liked, disliked = h.edge_choice(vectors[:len(prompt.history)], vectors[len(prompt.history):])
     if decision.out_of_candidates:
@@ -282,27 +342,21 @@ async def _answer(prompt: h.Prompt, decision: Decision, embedder: AsyncEmbedder)
     return h.edges_answer(liked, disliked), None
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(body: ChatRequest, request: Request, sim: Sim) -> Response:
-    sim.stats.start()
-    messages = [m.model_dump(exclude_unset=True) for m in body.messages]
-    try:
-        prompt = h.parse_prompt(messages)
-    except h.PromptError as exc:
-        raise BadRequest(str(exc), "messages") from exc
-    decision = sim.injector.decide("\n".join(h.message_text(m) for m in messages), chat=True)
-    if (early := await _front_faults(request, sim, decision)) is not None:
-        return early
-    text, fault = await _answer(prompt, decision, sim.embedder)
+async def complete(body: ChatRequest, messages: list[dict[str, Any]], prompt: h.Prompt, decision: Decision,
+                   sim: Simulator) -> tuple[dict[str, Any], str | None]:
+    """The chat.completion object answering `prompt` and the fault it carries; counted in the stats. Raises
+    BadRequest / UnsupportedFormat for a `response_format` the server does not take."""
+    mode, schema = _format(body, sim)
+    text, fault = await _answer(prompt, decision, sim.embedder, mode)
     max_tokens, finish_reason = body.max_completion_tokens or body.max_tokens, "stop"
     if max_tokens is not None and count_tokens(text) > max_tokens:
         text, finish_reason, fault = _truncate(text, max_tokens), "length", fault or "truncated"
-    if await request.is_disconnected():  # e.g. a slow first model load outlived the client's timeout
-        return _gone(sim, decision)
+    if schema is not None and finish_reason == "stop":
+        jsonschema.validate(json.loads(text), schema)  # a constrained decoder's answer always fits its schema
     prompt_tokens, completion_tokens = _prompt_tokens(messages), count_tokens(text)
-    sim.stats.chat_answered(prompt_tokens, completion_tokens, None if fault else prompt_hash(messages))
-    sim.stats.finish("200", fault, _hang(decision))
-    return JSONResponse({
+    genuine = fault is None or fault == "wrapped"  # a wrapped answer is still the answer
+    sim.stats.chat_answered(prompt_tokens, completion_tokens, prompt_hash(messages) if genuine else None)
+    return {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": body.model or MODEL_ID,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
@@ -310,7 +364,35 @@ async def chat_completions(body: ChatRequest, request: Request, sim: Sim) -> Res
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
         "system_fingerprint": MODEL_ID,
-    })
+    }, fault
+
+
+def parse_chat(body: ChatRequest) -> tuple[list[dict[str, Any]], h.Prompt]:
+    """The request's messages as dicts and the prompt they hold; raises BadRequest."""
+    messages = [m.model_dump(exclude_unset=True) for m in body.messages]
+    try:
+        return messages, h.parse_prompt(messages)
+    except h.PromptError as exc:
+        raise BadRequest(str(exc), "messages") from exc
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request, sim: Sim) -> Response:
+    sim.stats.start()
+    messages, prompt = parse_chat(body)
+    weight = _prompt_tokens(messages) + (body.max_completion_tokens or body.max_tokens or 0)
+    decision = sim.injector.decide("\n".join(h.message_text(m) for m in messages), chat=True, tokens=weight)
+    if (early := await _front_faults(request, sim, decision)) is not None:
+        return early
+    try:
+        answer, fault = await complete(body, messages, prompt, decision, sim)
+    except UnsupportedFormat as exc:
+        sim.stats.finish("500", "unsupported_format")
+        return openai_error(500, str(exc), "server_error")
+    if await request.is_disconnected():  # e.g. a slow first model load outlived the client's timeout
+        return _gone(sim, decision)
+    sim.stats.finish("200", fault, _hang(decision))
+    return JSONResponse(answer, headers=sim.injector.limit_headers())
 
 
 def _vector(vector: np.ndarray, encoding_format: str | None) -> list[float] | str:
@@ -395,5 +477,8 @@ def create_app(faults: FaultConfig | None = None, *, embedder: AsyncEmbedder | N
                   exception_handlers={BadRequest: _bad_request, RequestValidationError: _invalid_body,
                                       Exception: _internal_error})
     app.state.simulator = Simulator(FaultInjector(faults), Stats(), embedder or AsyncEmbedder(), preload)
+    from llmsim.batches import router as batch_router  # it imports this module's chat answer
+
     app.include_router(router)
+    app.include_router(batch_router)
     return app

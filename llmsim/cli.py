@@ -21,6 +21,13 @@ from llmsim.faults import ENV_PREFIX, FaultConfig
 LISTENING = "llmrec-llm-server listening on"  # the startup line: LISTENING http://HOST:PORT
 
 
+class StructuredOutputs(StrEnum):
+    json_schema = "json_schema"
+    json_object_schema = "json_object_schema"
+    json_object = "json_object"
+    none = "none"
+
+
 class LogLevel(StrEnum):
     critical = "critical"
     error = "error"
@@ -40,6 +47,7 @@ def serve_command(
     port: int = typer.Option(8000, envvar=ENV_PREFIX + "PORT", help="0 picks a free port (printed in the startup "
                                                                     "line)."),
     rpm_limit: int | None = _fault("rpm_limit"),
+    tpm_limit: int | None = _fault("tpm_limit"),
     error_rate: float | None = _fault("error_rate"),
     latency_ms: float | None = _fault("latency_ms"),
     hang_rate: float | None = _fault("hang_rate"),
@@ -48,6 +56,13 @@ def serve_command(
     out_of_candidates_rate: float | None = _fault("out_of_candidates_rate"),
     drop_rate: float | None = _fault("drop_rate"),
     fail_match: str | None = _fault("fail_match"),
+    retry_after: str | None = _fault("retry_after"),
+    first_listed_rate: float | None = _fault("first_listed_rate"),
+    wrapped_rate: float | None = _fault("wrapped_rate"),
+    structured_outputs: StructuredOutputs | None = _fault("structured_outputs"),
+    batch_duration_s: float | None = _fault("batch_duration_s"),
+    batch_error_rate: float | None = _fault("batch_error_rate"),
+    batch_expire_after: float | None = _fault("batch_expire_after"),
     seed: int | None = _fault("seed"),
     preload: bool = typer.Option(False, help="Load the embedding model in the background at startup (default: on "
                                              "first use)."),
@@ -58,6 +73,8 @@ def serve_command(
     """Serve the local OpenAI-compatible endpoint (NOT a language model: transparent heuristics for offline runs
     and tests), with the fault flags below switched on."""
     given = {name: value for name, value in locals().items() if name in FaultConfig.model_fields}  # the fault flags
+    if given["structured_outputs"] is not None:
+        given["structured_outputs"] = given["structured_outputs"].value
     try:
         faults = FaultConfig(**{name: value for name, value in given.items() if value is not None})
     except ValidationError as exc:

@@ -203,9 +203,40 @@ def out_of_candidates_answer(k: int, disliked: int, draw: float) -> str:
     return json.dumps({"liked": bad, "disliked": disliked})
 
 
+def first_listed_answer(k: int) -> str:
+    """An edge answer that follows the list, not the history (position bias): liked is the first candidate listed,
+    disliked the last."""
+    return edges_answer(0, k - 1)
+
+
+def _pick(options: tuple[str, ...], draw: float) -> str:
+    return options[min(int(draw * len(options)), len(options) - 1)]
+
+
 def non_json_answer(draw: float) -> str:
     """A chatty answer with no JSON object in it (for the malformed fault)."""
-    return _NON_JSON_ANSWERS[min(int(draw * len(_NON_JSON_ANSWERS)), len(_NON_JSON_ANSWERS) - 1)]
+    return _pick(_NON_JSON_ANSWERS, draw)
+
+
+def json_non_answer(draw: float) -> str:
+    """A JSON object that is not the answer: what JSON mode without a schema lets a confused model say."""
+    return json.dumps({"answer": non_json_answer(draw)})
+
+
+_WRAPPINGS = (
+    "```json\n{answer}\n```",
+    "```\n{answer}\n```",
+    "Sure! Here is the answer:\n```JSON\n{answer}\n```\nLet me know if you need anything else.",
+    'An example of the format:\n```json\n{{"example": true}}\n```\nMy answer:\n```json\n{answer}\n```',
+    "Based on the history, my answer is {answer} because of the genres {{mostly}}.",
+    "Answer:\n{answer}\n\nThe reasoning follows the user's favourite genres.",
+)
+
+
+def wrapped_answer(answer: str, draw: float) -> str:
+    """`answer` wrapped as chat models often wrap JSON: in a fence with a language tag or none, with prose around,
+    after an example object in another fence, or on its own line."""
+    return _pick(_WRAPPINGS, draw).format(answer=answer)
 
 
 # --- attributes ------------------------------------------------------------------------------------------------------

@@ -168,8 +168,13 @@ class EndpointConfig(_Config):
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = Field(60.0, gt=0)
     max_in_flight: int = Field(8, ge=1)  # concurrent requests per process
-    rpm: int | None = Field(500, gt=0)  # requests per minute (None: unlimited)
-    tpm: int | None = Field(200_000, gt=0)  # tokens per minute, prompt + max completion (None: unlimited)
+    # Requests and tokens (prompt + max completion) per minute when the endpoint announces no limit of its own
+    # (None: unlimited). An endpoint that answers with `x-ratelimit-limit-requests` / `-tokens` headers (OpenAI
+    # does) is held to what it announces instead, but never to more than `rpm_cap` / `tpm_cap` (None: no cap).
+    rpm: int | None = Field(500, gt=0)
+    tpm: int | None = Field(200_000, gt=0)
+    rpm_cap: int | None = Field(None, gt=0)
+    tpm_cap: int | None = Field(None, gt=0)
     max_attempts: int = Field(6, ge=1)  # HTTP attempts on 429/5xx/timeouts/connection errors (one retry layer)
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
@@ -192,6 +197,21 @@ class LLMConfig(EndpointConfig):
     top_p: float = Field(0.1, gt=0.0, le=1.0)  # paper Table 4: top-p = 0.1 is best
     max_tokens: int = Field(512, gt=0)  # official scripts ask for 1000; the JSON answers need far fewer
     max_reasks: int = Field(2, ge=0)  # re-asks after a malformed or invalid answer, then the item is failed
+    # How each stage's answer schema (from the pydantic model that validates it) is sent as `response_format`:
+    # "json_schema" (OpenAI, vLLM, SGLang, Ollama >= 0.5, recent llama.cpp), "json_object_schema" ({"type":
+    # "json_object", "schema": ...}: llama.cpp builds that answer 500 to json_schema), "json_object" (JSON mode
+    # without a schema: older Ollama, most other servers), "none". README: "Real endpoints".
+    structured_outputs: Literal["json_schema", "json_object_schema", "json_object", "none"] = "json_schema"
+
+
+class PromptTokens(_Config):
+    """The most prompt tokens per stage. Default 3,584: a prompt and its answer (max_tokens 512) fit a 4,096-token
+    context window. A longer user history is cut (most recent first kept, else highest rated); a prompt that
+    still does not fit is not sent and its item fails with that reason."""
+
+    edges: int = Field(3584, gt=0)
+    profiles: int = Field(3584, gt=0)
+    attributes: int = Field(3584, gt=0)
 
 
 class AugmentConfig(_Config):
@@ -208,6 +228,25 @@ class AugmentConfig(_Config):
     # cannot stall the flow: the run fails naming it, and a re-run asks again only what the batch did not save.
     # Generous on purpose (a 50-user batch takes about a minute at OpenAI's speed); None: wait forever.
     batch_timeout_s: float | None = Field(3600.0, gt=0)
+    # Candidates are listed in a per-user shuffled order (seeded by candidate_seed and the user id), so the LLM's
+    # position bias does not copy the base model's ranking into the edges; "base" lists them best first.
+    candidate_order: Literal["shuffled", "base"] = "shuffled"
+    candidate_seed: int = 2020
+    max_prompt_tokens: PromptTokens = PromptTokens()
+    # A trial on a seeded sample of users (edges, profiles) and items (attributes); None: all. A later full run
+    # finds the sample's answers in the response cache and pays only for the rest.
+    sample_users: int | None = Field(None, gt=0)
+    sample_items: int | None = Field(None, gt=0)
+    sample_seed: int = 2020
+    # "normal": one HTTP request per prompt. "batch": OpenAI's Batch API (half the price, results within
+    # batch_window): per stage, the prompts go in one JSONL batch; invalid or failed items go to a follow-up batch
+    # (at most batch_rounds batches per stage) or, with batch_followup "normal", to normal requests.
+    mode: Literal["normal", "batch"] = "normal"
+    batch_followup: Literal["batch", "normal"] = "batch"
+    batch_rounds: int = Field(3, ge=1)
+    batch_window: Literal["24h"] = "24h"  # the only completion window OpenAI offers
+    batch_poll_s: float = Field(10.0, gt=0)  # first wait between status checks, doubled up to batch_poll_max_s
+    batch_poll_max_s: float = Field(300.0, gt=0)
 
 
 class AugmentRunConfig(BaseRunConfig):

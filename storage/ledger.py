@@ -33,11 +33,12 @@ PARTITION = "flow_run_id"
 STORE_LEDGER_DIR = "ledger"  # <store>/ledger: the one ledger every run writes to and `llmrec cost` reads
 COLUMNS = [
     "timestamp", "flow_run_id", "stage", "batch", "model", "prompt_tokens", "completion_tokens", "cached",
-    "latency_s", "attempt", "retries", "outcome", "cost_usd",
+    "latency_s", "attempt", "retries", "outcome", "cost_usd", "mode",
 ]
 _INT_COLUMNS = ["prompt_tokens", "completion_tokens", "attempt", "retries"]
 _FLOAT_COLUMNS = ["latency_s", "cost_usd"]
-_STR_COLUMNS = ["flow_run_id", "stage", "batch", "model", "outcome"]
+_STR_COLUMNS = ["flow_run_id", "stage", "batch", "model", "outcome", "mode"]
+DEFAULT_MODE = "normal"  # rows written before the Batch API mode existed were normal requests
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -152,6 +153,7 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     for col in _FLOAT_COLUMNS:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    frame["mode"] = frame["mode"].fillna(DEFAULT_MODE)
     for col in _STR_COLUMNS:
         frame[col] = frame[col].astype("string")
     frame["cached"] = frame["cached"].astype("boolean").fillna(False).astype(bool)

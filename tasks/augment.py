@@ -1,18 +1,20 @@
 """Prefect tasks for LLM augmentation: one task run per batch of users or items, keyed on its content.
 
 A batch's key covers the stage, the ids in the batch, the prompt-template version, the model and the sampling
-parameters, and the keys of the data it reads. A finished batch is served from its persisted result on any later
-run; a batch with failed items writes what succeeded, then fails its task run, and a re-run asks again only for
-what is not in the response cache (the failed items).
+parameters, the candidate order and its seed, the prompt token budget, and the keys of the data it reads. A
+finished batch is served from its persisted result on any later run; a batch with failed items writes what
+succeeded, then fails its task run, and a re-run asks again only for what is not in the response cache (the failed
+items). The Batch API mode's own tasks are in tasks/batch_api.py.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -20,19 +22,32 @@ from prefect.runtime import flow_run
 
 from recsys.augment.attributes import augment_attributes
 from recsys.augment.edges import augment_edges
+from recsys.augment.parse import answer_schema
 from recsys.augment.profiles import augment_profiles
 from recsys.augment.prompts import (
     ATTRIBUTES_VERSION,
     EDGES_VERSION,
     PROFILES_VERSION,
     ItemText,
+    Messages,
+    UserContext,
     build_user_contexts,
     item_texts,
 )
-from recsys.augment.runner import attributes_frame, edges_frame, failures_frame, profiles_frame
+from recsys.augment.runner import (
+    ChatClient,
+    ItemOutcome,
+    attributes_frame,
+    edges_frame,
+    failures_frame,
+    profiles_frame,
+)
 from recsys.config import AugmentConfig, LLMConfig
+from recsys.llm.batch import DeferredChat, merge_results, read_results
 from recsys.llm.client import LLMClient, UsageEvent
+from recsys.llm.tokens import count_message_tokens, model_encoding
 from storage.atomic import write_parquet
+from storage.batch_jobs import BatchJob
 from storage.keys import content_key
 from storage.ledger import LedgerWriter, read_ledger
 from storage.store import ArtifactRef, ArtifactStore
@@ -41,7 +56,7 @@ from tasks.cost import publish_cost
 from tasks.ratelimit import prefect_rate_limit_hook
 
 TEMPLATES = {"edges": EDGES_VERSION, "profiles": PROFILES_VERSION, "attributes": ATTRIBUTES_VERSION}
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: edges rows gain pos_rank / neg_rank, rows and failures history_cut
 FRAMES = {"edges": edges_frame, "profiles": profiles_frame, "attributes": attributes_frame}
 OUTPUT_FILES = {"edges": "augmented_edges.parquet", "profiles": "user_profiles.parquet",
                 "attributes": "item_attributes.parquet"}
@@ -65,14 +80,34 @@ def batch_ref(params: Mapping[str, Any]) -> ArtifactRef:
         "sampling": [llm.temperature, llm.top_p, llm.max_tokens, llm.max_reasks],
         "history": augment.max_history,
         "items_per_request": augment.items_per_request if params["stage"] == "attributes" else None,
+        "candidate_order": candidate_seed(augment) if params["stage"] == "edges" else None,
+        "max_prompt_tokens": getattr(augment.max_prompt_tokens, params["stage"]),
         "inputs": [params["dataset_ref"], params["split_ref"], params["candidates_ref"]],
     }
     stage = f"augment-{params['stage']}"
     return ArtifactRef(stage, content_key(stage, STAGE_VERSION, keyed))
 
 
+def candidate_seed(augment: AugmentConfig) -> int | None:
+    """The seed of the per-user candidate order, None for the base model's order."""
+    return augment.candidate_seed if augment.candidate_order == "shuffled" else None
+
+
 def llm_cache_dir(store_root: str, llm: LLMConfig) -> Path:
     return Path(llm.cache_dir) if llm.cache_dir else Path(store_root) / "llm-cache"
+
+
+def stage_client(store_root: str, stage: str, llm: LLMConfig, **options: Any) -> LLMClient:
+    """The chat client of one stage: the store's response cache, the stage's answer schema for structured
+    outputs; `options` go to LLMClient (usage_sink, before_request)."""
+    return LLMClient(llm, cache_dir=llm_cache_dir(store_root, llm),
+                     answer_schema=(f"{stage}_answer", answer_schema(stage)), **options)
+
+
+def token_counter(model: str) -> Callable[[Messages], int]:
+    """Prompt tokens of messages in `model`'s tokenizer (recsys/llm/tokens.py: model_encoding)."""
+    enc = model_encoding(model)[0]
+    return lambda messages: count_message_tokens(messages, enc)
 
 
 def _ledger_row(event: UsageEvent, flow_run_id: str) -> dict[str, Any]:
@@ -80,22 +115,52 @@ def _ledger_row(event: UsageEvent, flow_run_id: str) -> dict[str, Any]:
 
 
 def _user_inputs(store: ArtifactStore, ids: list[int], dataset_ref: str, split_ref: str, candidates_ref: str,
-                 max_history: int | None) -> list[Any]:
+                 augment: AugmentConfig) -> list[UserContext]:
     split, _ = read_split(store, split_ref)
     items = store.read_table(dataset_ref, "items")
     candidates = store.read_table(candidates_ref, "candidates")
-    # Only TRAINING interactions ever reach a prompt: valid/test are not even passed in.
-    return build_user_contexts(split.train, items, candidates, ids, max_history)
+    # Only TRAINING interactions ever reach a prompt: valid/test are not even passed in. Their timestamps and
+    # ratings (from the dataset) decide which history items a prompt keeps when it must be cut.
+    extra = store.read_table(dataset_ref, "interactions")[["user_id", "item_id", "timestamp", "rating"]]
+    train = split.train.merge(extra.drop_duplicates(["user_id", "item_id"], keep="last"), how="left",
+                              on=["user_id", "item_id"])
+    return build_user_contexts(train, items, candidates, ids, augment.max_history, candidate_seed(augment))
 
 
 def _item_inputs(store: ArtifactStore, ids: list[int], dataset_ref: str) -> list[ItemText]:
     return list(item_texts(store.read_table(dataset_ref, "items"), ids).values())
 
 
+def stage_outcomes(client: ChatClient, store: ArtifactStore, stage: str, ids: list[int], refs: Mapping[str, str],
+                   llm: LLMConfig, augment: AugmentConfig, tags: dict[str, str]) -> list[ItemOutcome]:
+    """One outcome per id of `stage`, asked through `client` under the stage's prompt token budget."""
+    common = {"max_reasks": llm.max_reasks, "max_workers": llm.max_in_flight, "tags": tags,
+              "max_prompt_tokens": getattr(augment.max_prompt_tokens, stage), "count": token_counter(llm.model)}
+    if stage == "attributes":
+        return augment_attributes(client, _item_inputs(store, ids, refs["dataset"]),
+                                  items_per_request=augment.items_per_request, **common)
+    users = _user_inputs(store, ids, refs["dataset"], refs["split"], refs["candidates"], augment)
+    return (augment_edges if stage == "edges" else augment_profiles)(client, users, **common)
+
+
+def batch_results(jobs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(answer, error) by cache key from the downloaded results of Batch API jobs, later jobs winning."""
+    results = []
+    for folder in jobs:
+        for text in BatchJob(folder).results():
+            results += read_results(text)
+    return merge_results(results)
+
+
 @stage_task(batch_ref, name="augment-batch", task_run_name="{stage}-batch-{batch}")
 def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], dataset_ref: str, split_ref: str,
-                  candidates_ref: str, llm: LLMConfig, augment: AugmentConfig, ledger_root: str) -> str:
-    """Ask the LLM for one batch; write its validated rows and its failures; fail the run if any item failed."""
+                  candidates_ref: str, llm: LLMConfig, augment: AugmentConfig, ledger_root: str,
+                  batch_jobs: list[str] | None = None) -> str:
+    """Ask the LLM for one batch; write its validated rows and its failures; fail the run if any item failed.
+
+    In batch mode (`batch_jobs`: the Batch API jobs of this stage), answers come from those jobs' results and the
+    response cache; what they lack fails, or, with `augment.batch_followup` "normal", is asked by normal requests.
+    """
     store = ArtifactStore(store_root)
     params = {"stage": stage, "ids": ids, "dataset_ref": dataset_ref, "split_ref": split_ref,
               "candidates_ref": candidates_ref, "llm": llm, "augment": augment}
@@ -103,20 +168,18 @@ def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], datas
     logger = get_run_logger()
     run_id = str(flow_run.id or "no-flow-run")
     tags = {"stage": stage, "batch": str(batch)}
+    refs = {"dataset": dataset_ref, "split": split_ref, "candidates": candidates_ref}
     with (
         LedgerWriter(ledger_root, run_id, f"{stage}-{batch:05d}-{uuid.uuid4().hex[:8]}") as ledger,
-        LLMClient(llm, cache_dir=llm_cache_dir(store_root, llm),
-                  usage_sink=lambda e: ledger.append(_ledger_row(e, run_id)),
-                  before_request=prefect_rate_limit_hook(llm.prefect_rate_limit)) as client,
+        stage_client(store_root, stage, llm, usage_sink=lambda e: ledger.append(_ledger_row(e, run_id)),
+                     before_request=prefect_rate_limit_hook(llm.prefect_rate_limit)) as client,
     ):
-        common = {"max_reasks": llm.max_reasks, "max_workers": llm.max_in_flight, "tags": tags}
-        if stage == "attributes":
-            outcomes = augment_attributes(client, _item_inputs(store, ids, dataset_ref),
-                                          items_per_request=augment.items_per_request, **common)
-        else:
-            users = _user_inputs(store, ids, dataset_ref, split_ref, candidates_ref, augment.max_history)
-            fn = augment_edges if stage == "edges" else augment_profiles
-            outcomes = fn(client, users, **common)
+        asker: ChatClient = client
+        if batch_jobs is not None:
+            answers, errors = batch_results(batch_jobs)
+            asker = DeferredChat(client, answers, errors, http=augment.batch_followup == "normal",
+                                 rounds=len(batch_jobs))
+        outcomes = stage_outcomes(asker, store, stage, ids, refs, llm, augment, tags)
     failures = failures_frame(outcomes, stage)
     with store.write(ref.stage, ref.key, params, replace=True) as w:
         w.table("rows", FRAMES[stage](outcomes, llm.model))
@@ -129,17 +192,28 @@ def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], datas
     return str(ref)
 
 
+def sample_ids(ids: list[int], n: int | None, seed: int) -> list[int]:
+    """A seeded sample of `n` ids (sorted), or all of them when `n` is None or not smaller."""
+    if n is None or n >= len(ids):
+        return ids
+    return sorted(int(i) for i in np.random.default_rng(seed).choice(np.asarray(ids, dtype="int64"), n,
+                                                                      replace=False))
+
+
 @task(name="plan-batches")
 def plan_batches(store_root: str, stage: str, dataset_ref: str, split_ref: str, candidates_ref: str,
                  augment: AugmentConfig) -> list[list[int]]:
-    """Users with training data (and, for edges, at least two candidates) or all items, in fixed-size batches."""
+    """Users with training data (and, for edges, at least two candidates) or all items, in fixed-size batches;
+    for a trial, a seeded sample of `sample_users` users or `sample_items` items (the same users in every stage)."""
     store = ArtifactStore(store_root)
     if stage == "attributes":
         ids = sorted(int(i) for i in store.read_table(dataset_ref, "items")["item_id"])
+        ids = sample_ids(ids, augment.sample_items, augment.sample_seed)
         size = augment.items_per_batch
     else:
         split, _ = read_split(store, split_ref)
         ids = sorted(int(u) for u in split.train["user_id"].unique())
+        ids = sample_ids(ids, augment.sample_users, augment.sample_seed)
         if stage == "edges":  # a pick of liked and disliked needs two candidates; others cannot be asked at all
             cands = store.read_table(candidates_ref, "candidates")
             per_user = cands.groupby("user_id").size()

@@ -58,8 +58,47 @@ def test_extract_rejects(text: str | None, reason: str) -> None:
 
 
 def test_edges_valid_maps_indices_to_item_ids() -> None:
-    assert validate_edges('```json\n{"liked": 0, "disliked": 9}\n```', CTX) == {"pos_item_id": 200,
-                                                                                "neg_item_id": 209}
+    assert validate_edges('```json\n{"liked": 0, "disliked": 9}\n```', CTX) == {
+        "pos_item_id": 200, "neg_item_id": 209, "pos_rank": 1, "neg_rank": 10}
+
+
+def test_edges_map_shown_positions_back_to_the_base_order() -> None:
+    """Candidates listed in a shuffled order: the answer's index names the item shown there, and its rank is its
+    position in the base model's order."""
+    order = (3, 0, 2, 1)
+    base = [ItemText(300 + i, f"B{i}", 2000, "Drama") for i in range(4)]
+    ctx = UserContext(1, CTX.history, [base[i] for i in order], frozenset({100}), order=order)
+    assert validate_edges('{"liked": 0, "disliked": 3}', ctx) == {"pos_item_id": 303, "neg_item_id": 301,
+                                                                  "pos_rank": 4, "neg_rank": 2}
+
+
+EDGE = '{"liked": 2, "disliked": 7}'
+WRAPPINGS = {
+    "fence, json tag": f"```json\n{EDGE}\n```",
+    "fence, no tag": f"```\n{EDGE}\n```",
+    "fence, other tag": f"```JSON5 \n{EDGE}\n```",
+    "fence, javascript tag": f"Here you go:\n```javascript\n{EDGE}\n```\nEnjoy!",
+    "several fences, first is not the answer": f'```json\n{{"example": true}}\n```\nso:\n```json\n{EDGE}\n```',
+    "several fences, first has a bad index": f'```json\n{{"liked": 99, "disliked": 1}}\n```\n```json\n{EDGE}\n```',
+    "prose before and after": f"Based on the history, {EDGE} is my pick {{because}} of the genres.",
+    "object on its own line": f"Answer:\n{EDGE}\n\nReasoning: the user likes dramas.",
+    "braces in prose first": f"The format {{liked, disliked}} asks for:\n{EDGE}",
+}
+
+
+@pytest.mark.parametrize("text", WRAPPINGS.values(), ids=WRAPPINGS.keys())
+def test_wrapped_answers_are_accepted(text: str) -> None:
+    """Any wrapping around the answer: the first object that validates against the stage's schema is used."""
+    assert validate_edges(text, CTX)["pos_item_id"] == 202
+    profile = text.replace(EDGE, json.dumps(PROFILE))
+    assert validate_profile(profile)["age"] == 34
+    attrs = text.replace(EDGE, json.dumps({"items": [{"id": 5, "director": "A", "country": "B", "language": "C"}]}))
+    assert validate_attributes(attrs, {5: "Heat"})[0] == {5: {"director": "A", "country": "B", "language": "C"}}
+
+
+def test_no_valid_object_gives_the_first_objects_reason() -> None:
+    text = '```json\n{"liked": 99, "disliked": 1}\n```\nor\n```json\n{"liked": 3, "disliked": 3}\n```'
+    assert rejection(validate_edges, text, CTX) == "liked index 99 is outside the candidate list 0..9"
 
 
 @pytest.mark.parametrize("answer, reason", [

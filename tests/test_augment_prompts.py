@@ -164,3 +164,38 @@ def test_prompt_hash_is_sha256_of_canonical_json() -> None:
     canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"))
     assert prompt_hash(messages) == hashlib.sha256(canonical.encode()).hexdigest()
     assert prompt_hash(messages) != prompt_hash(profile_messages(CTX))
+
+
+def test_history_keep_order_most_recent_then_highest_rated() -> None:
+    """Cut histories keep the most recent items where there are timestamps, else the highest rated, else the
+    latest rows; what is shown stays in row order."""
+    items = _items([1, 2, 3, 4, 20, 21])
+    cands = _cands([(1, 0, 20), (1, 1, 21)])
+    rows = {"user_id": [1, 1, 1, 1], "item_id": [1, 2, 3, 4]}
+    timed = pd.DataFrame({**rows, "timestamp": [50, 10, 90, 30], "rating": [1.0, 5.0, 2.0, 4.0]})
+    (ctx,) = build_user_contexts(timed, items, cands, [1], max_history=2)
+    assert [i.item_id for i in ctx.history] == [1, 3] and ctx.history_cut == 2
+    rated = timed.assign(timestamp=pd.NA)
+    (ctx,) = build_user_contexts(rated, items, cands, [1], max_history=2)
+    assert [i.item_id for i in ctx.history] == [2, 4]
+    (ctx,) = build_user_contexts(pd.DataFrame(rows), items, cands, [1], max_history=3)
+    assert [i.item_id for i in ctx.history] == [2, 3, 4] and ctx.history_cut == 1
+    (full,) = build_user_contexts(timed, items, cands, [1], None)
+    assert [i.item_id for i in full.with_history(1).history] == [3]
+
+
+def test_shuffled_candidates_depend_on_seed_and_user_only() -> None:
+    from recsys.augment.prompts import shuffled_order
+
+    items = _items(list(range(1, 40)))
+    train = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [1, 2, 3]})
+    cands = _cands([(u, r, 10 + r) for u in (1, 2, 3) for r in range(10)])
+    alone = build_user_contexts(train, items, cands, [2], None, shuffle_seed=5)[0]
+    together = build_user_contexts(train, items, cands, [3, 1, 2], None, shuffle_seed=5)
+    assert alone == together[2]  # the same order in any batch or sample
+    assert [c.item_id for c in alone.candidates] == [10 + r for r in alone.order]
+    assert sorted(alone.order) == list(range(10)) and alone.order != tuple(range(10))
+    assert [alone.base_rank(i) for i in range(10)] == list(alone.order)
+    assert together[0].order != alone.order and shuffled_order(2, 10, 6) != alone.order
+    base = build_user_contexts(train, items, cands, [2], None)[0]
+    assert [c.item_id for c in base.candidates] == list(range(10, 20)) and base.base_rank(3) == 3

@@ -102,7 +102,8 @@ def test_malformed_then_valid_is_ok_after_two_asks_and_forgets(caplog: pytest.Lo
     with caplog.at_level(logging.WARNING, logger="llmrec.augment"):
         (out,) = augment_edges(client, [_user(3)], max_reasks=2, max_workers=1, tags=TAGS)
     first = edges_messages(_user(3))
-    assert out == ItemOutcome(key=3, ok=True, value={"pos_item_id": 301, "neg_item_id": 304},
+    value = {"pos_item_id": 301, "neg_item_id": 304, "pos_rank": 2, "neg_rank": 5}
+    assert out == ItemOutcome(key=3, ok=True, value=value,
                               raw='{"liked": 1, "disliked": 4}', reason=None, asks=2, prompt_hash=prompt_hash(first))
     assert client.forgotten == [(prompt_hash(first), EDGES_VERSION)]
     re_ask = client.calls[1][0]
@@ -151,7 +152,8 @@ def test_edges_reject_history_and_out_of_range_answers() -> None:
     answers = ['{"liked": 0, "disliked": 1}', '{"liked": 1, "disliked": 3}', '{"liked": 2, "disliked": 1}']
     client = FakeClient(lambda m, n: answers[n - 1])
     (out,) = augment_edges(client, [ctx], max_reasks=2, max_workers=1, tags=TAGS)
-    assert out.ok and out.value == {"pos_item_id": 9, "neg_item_id": 8} and out.asks == 3
+    assert out.ok and out.value == {"pos_item_id": 9, "neg_item_id": 8, "pos_rank": 3, "neg_rank": 2}
+    assert out.asks == 3
     corrections = [call[0][-1]["content"] for call in client.calls[1:]]
     assert "liked item 7 is in the user's training history" in corrections[0]
     assert "disliked index 3 is outside the candidate list 0..2" in corrections[1]
@@ -267,17 +269,20 @@ def test_attributes_failures_are_bounded_and_per_item() -> None:
 
 
 def test_frames_have_exact_columns_and_dtypes() -> None:
-    ok_edge = ItemOutcome(1, True, {"pos_item_id": 5, "neg_item_id": 6}, "{}", None, 1, "h1")
+    ok_edge = ItemOutcome(1, True, {"pos_item_id": 5, "neg_item_id": 6, "pos_rank": 0, "neg_rank": 3}, "{}", None, 1,
+                          "h1", history_cut=2)
     bad = ItemOutcome(2, False, None, None, "no candidates", 0, None)
     ok_profile = ItemOutcome(3, True, PROFILE, "raw", None, 2, "h3")
     ok_attr = ItemOutcome(4, True, {"director": "D", "country": "C", "language": "L"}, "raw", None, 1, "h4")
     expected = {
         "edges": (edges_frame, [ok_edge, bad], {"user_id": "int64", "pos_item_id": "int64", "neg_item_id": "int64",
-                                                "model": "string", "prompt_hash": "string"}),
+                                                "model": "string", "prompt_hash": "string", "pos_rank": "int64",
+                                                "neg_rank": "int64", "history_cut": "int64"}),
         "profiles": (profiles_frame, [bad, ok_profile], {
             "user_id": "int64", "age": "int64", "gender": "string", "liked_genres": "list<item: string>",
             "disliked_genres": "list<item: string>", "liked_directors": "list<item: string>", "country": "string",
-            "language": "string", "raw_text": "string", "model": "string", "prompt_hash": "string"}),
+            "language": "string", "raw_text": "string", "model": "string", "prompt_hash": "string",
+            "history_cut": "int64"}),
         "attributes": (attributes_frame, [ok_attr, bad], {
             "item_id": "int64", "director": "string", "country": "string", "language": "string",
             "raw_text": "string", "model": "string", "prompt_hash": "string"}),
@@ -294,9 +299,9 @@ def test_frames_have_exact_columns_and_dtypes() -> None:
     assert (profile["user_id"], profile["age"], profile["model"]) == (3, 30, "m-1")
     edges = edges_frame([ok_edge], "m-1")
     assert edges.to_dict("records") == [{"user_id": 1, "pos_item_id": 5, "neg_item_id": 6, "model": "m-1",
-                                         "prompt_hash": "h1"}]
+                                         "prompt_hash": "h1", "pos_rank": 0, "neg_rank": 3, "history_cut": 2}]
     failures = failures_frame([ok_edge, bad], "edges")
-    assert list(failures.columns) == ["stage", "key", "reason", "raw", "asks"]
+    assert list(failures.columns) == ["stage", "key", "reason", "raw", "asks", "history_cut"]
     assert failures["key"].dtype == "int64" and failures["asks"].dtype == "int64"
     assert failures.iloc[0]["reason"] == "no candidates" and pd.isna(failures.iloc[0]["raw"])
     assert len(failures_frame([], "edges")) == 0
@@ -315,3 +320,56 @@ def test_client_exception_propagates_and_cancels_pending_work() -> None:
     with pytest.raises(Refused):
         augment_profiles(client, [_user(u) for u in range(1, 30)], max_reasks=1, max_workers=1, tags=TAGS)
     assert len(client.calls) == 2  # users after the failing one were never asked
+
+
+# --- the prompt token budget -----------------------------------------------------------------------------------
+def _long_user(uid: int, n_history: int) -> UserContext:
+    history = [ItemText(i, f"A fairly long movie title number {i}", 1990, "Drama|Comedy") for i in range(n_history)]
+    candidates = [ItemText(5000 + i, f"Candidate {i}", 2000, "Comedy") for i in range(5)]
+    return UserContext(uid, history, candidates, frozenset(range(n_history)),
+                       keep=tuple(range(n_history - 1, -1, -1)))
+
+
+def test_history_is_cut_to_the_budget_and_the_cut_recorded() -> None:
+    """A 200-item history does not fit 800 tokens: the most recent items are kept until the prompt fits, the number
+    cut is in the outcome and the edges row; a 40-token budget fits no prompt at all: nothing is sent."""
+    from recsys.llm.tokens import count_message_tokens
+
+    client = FakeClient(lambda m, n: '{"liked": 0, "disliked": 1}')
+    (out,) = augment_edges(client, [_long_user(1, 200)], max_reasks=1, max_workers=1, tags=TAGS,
+                           max_prompt_tokens=800)
+    (sent, _, _), = client.calls
+    assert out.ok and 0 < out.history_cut < 200
+    assert count_message_tokens(sent) <= 800
+    shown = re.findall(r"number (\d+)", sent[1]["content"])
+    assert shown == [str(i) for i in range(out.history_cut, 200)]  # the latest rows, in their order
+    assert edges_frame([out], "m")["history_cut"].tolist() == [out.history_cut]
+
+    client = FakeClient(lambda m, n: json.dumps(PROFILE))
+    (edge,) = augment_edges(client, [_long_user(2, 3)], max_reasks=1, max_workers=1, tags=TAGS, max_prompt_tokens=40)
+    (profile,) = augment_profiles(client, [_long_user(3, 3)], max_reasks=1, max_workers=1, tags=TAGS,
+                                  max_prompt_tokens=40)
+    assert client.calls == []
+    for failed in (edge, profile):
+        assert not failed.ok and re.fullmatch(r"prompt too long: \d+ tokens with one history item, more than "
+                                              r"max_prompt_tokens=40; not sent", failed.reason)
+        assert failed.history_cut == 2
+    assert failures_frame([edge], "edges")["history_cut"].tolist() == [2]
+
+
+def test_attribute_requests_close_early_to_fit_the_budget() -> None:
+    from recsys.augment.attributes import request_groups
+    from recsys.llm.tokens import count_message_tokens
+
+    items = [ItemText(i, f"Title {i} " + "word " * (40 if i == 3 else 2), 1990, "Drama") for i in range(8)]
+    budget = count_message_tokens(attributes_messages(items[:3])) + 5
+    groups, alone = request_groups(items, items_per_request=5, max_prompt_tokens=budget)
+    assert all(count_message_tokens(attributes_messages([items[i] for i in g])) <= budget for g in groups)
+    assert groups[0] == [0, 1, 2] and sorted([i for g in groups for i in g] + [i for i, _ in alone]) == list(range(8))
+    assert [i for g in groups for i in g] == sorted(i for g in groups for i in g)  # input order kept
+    assert request_groups(items, 5, None) == ([[0, 1, 2, 3, 4], [5, 6, 7]], [])
+    tiny = count_message_tokens(attributes_messages(items[:1])) + 1
+    client = FakeClient(lambda m, n: "{}")
+    out = augment_attributes(client, items[3:4], items_per_request=5, max_reasks=0, max_workers=1, tags=TAGS,
+                             max_prompt_tokens=tiny)
+    assert client.calls == [] and out[0].reason.startswith("prompt too long") and "this item alone" in out[0].reason

@@ -175,7 +175,7 @@ def test_retries_500_then_success(stub: StubServer, tmp_path: Path) -> None:
 def test_retry_after_seconds_is_honoured(stub: StubServer, tmp_path: Path) -> None:
     stub.script.append(Reply(429, headers={"Retry-After": "1"}))
     events: list[UsageEvent] = []
-    with _client(_cfg(stub.base_url), tmp_path, events) as client:
+    with _client(_cfg(stub.base_url, backoff_max_s=5.0), tmp_path, events) as client:
         result = client.chat(_msgs(), template_version="t1")
     assert result.text == ANSWER and result.attempts == 2
     assert stub.times[1] - stub.times[0] >= 1.0  # backoff alone would be ~0.01-0.05 s
@@ -186,7 +186,7 @@ def test_retry_after_http_date_is_honoured(stub: StubServer, tmp_path: Path) -> 
     # HTTP dates have 1 s resolution: a date 3 whole seconds ahead is more than 2 s ahead, and stays more than 1 s
     # ahead of the first request even when a loaded machine delays it by most of a second.
     stub.script.append(Reply(429, headers={"Retry-After": formatdate(int(time.time()) + 3, usegmt=True)}))
-    with _client(_cfg(stub.base_url), tmp_path) as client:
+    with _client(_cfg(stub.base_url, backoff_max_s=5.0), tmp_path) as client:
         result = client.chat(_msgs(), template_version="t1")
     assert result.text == ANSWER
     assert stub.times[1] - stub.times[0] >= 1.0
@@ -199,6 +199,9 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after({"retry-after": formatdate(now + 30, usegmt=True)}, now=now) == pytest.approx(30, abs=1)
     assert parse_retry_after({"retry-after": formatdate(now - 30, usegmt=True)}, now=now) == 0.0
     assert parse_retry_after({"retry-after": "soon"}) is None
+    for unusable in ("inf", "Infinity", "nan", "-inf", "1e999"):
+        assert parse_retry_after({"retry-after": unusable}) is None
+    assert parse_retry_after({"retry-after-ms": "inf", "retry-after": "2"}) == 2.0
     assert parse_retry_after({}) is None
 
 
@@ -408,6 +411,67 @@ def test_rpm_limit_holds_over_http(local_server: Any, tmp_path: Path) -> None:
     assert local_server.stats()["requests"] == 10
     minimum = (10 - 3) / (0.95 * 120 / 60)
     assert minimum - 0.05 <= elapsed <= minimum + 1.5
+
+
+def test_retry_after_beyond_backoff_max_fails_at_once(local_server: Any, tmp_path: Path) -> None:
+    """A daily quota (Retry-After: 86400) fails the call at once, naming the wait; no sleep, no second request.
+    An unusable value (inf) is ignored: the client's own backoff retries, and nothing overflows."""
+    local_server.reset()
+    try:
+        local_server.set_faults(retry_after="86400")
+        started = time.monotonic()
+        with _client(_cfg(local_server.base_url, backoff_max_s=60.0), tmp_path) as client:
+            result = client.chat(_profile_prompt(900), template_version="profiles-v1")
+        assert time.monotonic() - started < 5 and local_server.stats()["requests"] == 1
+        assert result.text is None and result.attempts == 1
+        assert "asks to wait 86400 s (24 h) (Retry-After), longer than backoff_max_s=60 s" in result.error
+
+        local_server.reset()
+        local_server.set_faults(retry_after="inf")
+        with _client(_cfg(local_server.base_url, max_attempts=3), tmp_path) as client:
+            result = client.chat(_profile_prompt(901), template_version="profiles-v1")
+        assert result.error == "HTTP 429 after 3 attempts" and local_server.stats()["requests"] == 3
+    finally:
+        local_server.set_faults(seed=7)
+
+
+def test_limits_announced_by_the_endpoint_are_adopted_under_a_cap(local_server: Any, tmp_path: Path) -> None:
+    """The server announces 30 requests and 40,000 tokens per minute in x-ratelimit-* headers: the client holds
+    itself to them instead of its configured defaults (500 / 200k), but never above rpm_cap."""
+    local_server.set_faults(rpm_limit=30, tpm_limit=40_000, seed=7)
+    try:
+        with _client(_cfg(local_server.base_url, model="announce-test", rpm=500, tpm=200_000), tmp_path) as client:
+            assert client.limiter.effective == (500, 200_000, 8)
+            client.chat(_profile_prompt(910), template_version="profiles-v1")
+            assert client.limiter.effective == (30, 40_000, 8)
+        clear_shared_limiters()
+        with _client(_cfg(local_server.base_url, model="announce-test", rpm_cap=20), tmp_path) as client:
+            client.chat(_profile_prompt(911), template_version="profiles-v1")
+            assert client.limiter.effective[:2] == (20, 40_000)
+    finally:
+        local_server.set_faults(seed=7)
+
+
+def test_timeout_counts_from_sending(local_server: Any, tmp_path: Path) -> None:
+    """One request in flight, answers taking 0.7 s, a 1.5 s timeout: the fourth of four concurrent calls waits
+    about 2 s for its slot, then is answered; nothing times out, nothing is sent twice."""
+    local_server.set_faults(latency_ms=700, seed=7)
+    local_server.reset()
+    try:
+        cfg = _cfg(local_server.base_url, model="slot-test", max_in_flight=1, timeout_s=1.5)
+        with _client(cfg, tmp_path) as client:
+            threads = [threading.Thread(target=lambda i=i: results.append(
+                client.chat(_profile_prompt(920 + i), template_version="profiles-v1"))) for i in range(4)]
+            results: list[Any] = []
+            started = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert time.monotonic() - started >= 2.8
+        assert all(r.text and r.attempts == 1 for r in results) and local_server.stats()["requests"] == 4
+    finally:
+        local_server.set_faults(seed=7)
 
 
 def test_api_key_never_leaks(local_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

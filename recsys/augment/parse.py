@@ -15,7 +15,15 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from recsys.augment.prompts import UserContext
 
@@ -33,7 +41,6 @@ TEMPLATE_ECHOES = frozenset({"...", "…", "<integer>", "<item id>", "director",
 NON_ANSWERS = frozenset({"unknown", "n/a", "na", "none", "null", "nil", "?", "-", "tbd", "not available",
                          "not applicable"})
 
-_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)```", re.DOTALL)
 _TRAILING_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
 
 
@@ -53,26 +60,43 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def extract_json(text: str | None) -> Any:
-    """The JSON object in an answer: ```json fences and prose around it are ignored; the object that starts at the
-    first '{' is parsed. Raises InvalidAnswer."""
+def json_objects(text: str | None) -> list[Any]:
+    """Every JSON object in an answer, in the order they appear: whatever wraps them (markdown fences with any
+    language tag or none, prose before, between or after, an object on its own line) is skipped, and an object
+    nested in another is part of the outer one. Raises InvalidAnswer when there is none, with the reason the first
+    '{' does not start one (a truncated answer, single quotes, NaN, ...)."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidAnswer("answer is not JSON: the answer is empty")
     if len(text) > MAX_ANSWER_CHARS:
         raise InvalidAnswer(f"answer is not JSON: the answer is {len(text)} characters long")
-    fenced = [m.group(1) for m in _FENCE.finditer(text) if "{" in m.group(1)]
-    body = fenced[0] if fenced else text
-    start = body.find("{")
+    found: list[Any] = []
+    first_error: str | None = None
+    start = text.find("{")
     if start < 0:
         raise InvalidAnswer("answer is not JSON: no '{' found")
-    try:
-        return _DECODER.raw_decode(body, start)[0]
-    except json.JSONDecodeError as exc:
-        truncated = exc.pos >= len(body.rstrip())
-        raise InvalidAnswer(f"answer is not JSON: {'unbalanced braces (truncated answer?)' if truncated else exc}"
-                            ) from None
-    except (ValueError, RecursionError) as exc:
-        raise InvalidAnswer(f"answer is not JSON: {exc}") from None
+    while start >= 0:
+        try:
+            value, end = _DECODER.raw_decode(text, start)
+        except json.JSONDecodeError as exc:
+            if first_error is None:
+                truncated = exc.pos >= len(text.rstrip())
+                first_error = "unbalanced braces (truncated answer?)" if truncated else str(exc)
+            start = text.find("{", start + 1)
+            continue
+        except (ValueError, RecursionError) as exc:
+            first_error = first_error or str(exc)
+            start = text.find("{", start + 1)
+            continue
+        found.append(value)
+        start = text.find("{", end)
+    if not found:
+        raise InvalidAnswer(f"answer is not JSON: {first_error}")
+    return found
+
+
+def extract_json(text: str | None) -> Any:
+    """The first JSON object in an answer (see `json_objects`). Raises InvalidAnswer."""
+    return json_objects(text)[0]
 
 
 def _is_int(value: Any) -> bool:
@@ -162,7 +186,7 @@ class ProfileAnswer(BaseModel):
     strings; every string non-empty, <= 100 characters, not a placeholder or 'unknown'. Extra keys are ignored."""
 
     age: Annotated[int, BeforeValidator(_age)]
-    gender: Annotated[str, BeforeValidator(_gender)]
+    gender: Annotated[str, BeforeValidator(_gender), WithJsonSchema({"type": "string", "enum": list(GENDERS)})]
     liked_genres: TextList
     disliked_genres: TextList
     liked_directors: TextList
@@ -178,10 +202,18 @@ class ItemAttributes(BaseModel):
     language: AttributeText
 
 
-class AttributesAnswer(BaseModel):
-    """{"items": [...]}: the entries are judged one by one against the asked ids (`validate_attributes`)."""
+def _entry_schema() -> dict[str, Any]:
+    """The JSON schema of one attributes entry: the asked item's id and its `ItemAttributes`."""
+    schema = ItemAttributes.model_json_schema()
+    return {**schema, "properties": {"id": {"type": "integer"}, **schema["properties"]},
+            "required": ["id", *schema["required"]]}
 
-    items: list[Any]
+
+class AttributesAnswer(BaseModel):
+    """{"items": [...]}: the entries are judged one by one against the asked ids (`validate_attributes`); the JSON
+    schema says each is {"id", "director", "country", "language"}."""
+
+    items: Annotated[list[Any], WithJsonSchema({"type": "array", "items": _entry_schema()})]
 
     @field_validator("items", mode="before")
     @classmethod
@@ -208,16 +240,42 @@ def _validated(model: type[BaseModel], obj: Any, **context: Any) -> Any:
         raise InvalidAnswer(_reason(exc)) from None
 
 
+def _first_valid(model: type[BaseModel], text: str | None, **context: Any) -> Any:
+    """The first JSON object in `text` that `model` validates (wrappings and other objects around it are no
+    reason to ask again); raises InvalidAnswer with the first object's reason when none does."""
+    first: InvalidAnswer | None = None
+    for obj in json_objects(text):
+        try:
+            return _validated(model, obj, **context)
+        except InvalidAnswer as exc:
+            first = first or exc
+    assert first is not None  # json_objects returns at least one object
+    raise first
+
+
+ANSWER_MODELS: dict[str, type[BaseModel]] = {"edges": EdgesAnswer, "profiles": ProfileAnswer,
+                                             "attributes": AttributesAnswer}
+
+
+def answer_schema(stage: str) -> dict[str, Any]:
+    """The JSON schema of `stage`'s answer, from the pydantic model that validates it (`ANSWER_MODELS`): what a
+    structured-output request sends as `response_format` (recsys/llm/structured.py makes it strict)."""
+    return ANSWER_MODELS[stage].model_json_schema()
+
+
 def validate_edges(text: str | None, ctx: UserContext) -> dict[str, int]:
-    """{"pos_item_id", "neg_item_id"} (raw item ids) of a valid edges answer for `ctx`; raises InvalidAnswer."""
-    answer: EdgesAnswer = _validated(EdgesAnswer, extract_json(text), user=ctx)
+    """{"pos_item_id", "neg_item_id"} (raw item ids) and {"pos_rank", "neg_rank"} (their ranks in the base model's
+    candidate order, 1 = its best, as in candidates.parquet) of a valid edges answer for `ctx`; raises
+    InvalidAnswer."""
+    answer: EdgesAnswer = _first_valid(EdgesAnswer, text, user=ctx)
     return {"pos_item_id": int(ctx.candidates[answer.liked].item_id),
-            "neg_item_id": int(ctx.candidates[answer.disliked].item_id)}
+            "neg_item_id": int(ctx.candidates[answer.disliked].item_id),
+            "pos_rank": ctx.base_rank(answer.liked) + 1, "neg_rank": ctx.base_rank(answer.disliked) + 1}
 
 
 def validate_profile(text: str | None) -> dict[str, Any]:
     """The fields of a valid profile answer (gender lower-cased, strings stripped); raises InvalidAnswer."""
-    return _validated(ProfileAnswer, extract_json(text)).model_dump()
+    return _first_valid(ProfileAnswer, text).model_dump()
 
 
 def validate_attributes(text: str | None, asked: Mapping[int, str]
@@ -230,7 +288,7 @@ def validate_attributes(text: str | None, asked: Mapping[int, str]
     {"items": [...]} at all raises InvalidAnswer.
     """
     entries: dict[int, list[Any]] = {item_id: [] for item_id in asked}
-    for entry in _validated(AttributesAnswer, extract_json(text)).items:
+    for entry in _first_valid(AttributesAnswer, text).items:
         if isinstance(entry, dict) and _is_int(entry.get("id")) and entry["id"] in asked:
             entries[entry["id"]].append(entry)
     valid: dict[int, dict[str, str]] = {}

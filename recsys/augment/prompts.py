@@ -11,10 +11,12 @@ field is sanitised first, so an item title cannot add prompt lines or fake `[i]`
 
 from __future__ import annotations
 
+import hashlib
+import random
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -69,20 +71,38 @@ class ItemText:
 class UserContext:
     """One user's prompt data, from training interactions only.
 
-    history: training items in train-row order (the most recent `max_history` when truncated).
-    candidates: the base model's candidates, best first, without training items.
+    history: training items in train-row order (those kept when cut: see `keep`).
+    candidates: the base model's candidates without training items, in the order the prompt lists them: best
+    first, or shuffled (`shuffle_candidates`); `order[i]` is the base-model position (0 = best) of candidate i.
     train_item_ids: ALL of the user's training items (also those cut from a truncated history), so a liked or
     disliked item can be checked against the full history.
+    keep: the history's positions in the order they are kept when the prompt must be shorter (most recent first
+    where there are timestamps, else highest rated, else latest training row); empty means latest row first.
+    history_cut: how many training items were cut from the history shown.
     """
 
     user_id: int
     history: list[ItemText]
     candidates: list[ItemText]
     train_item_ids: frozenset[int] = field(default_factory=frozenset)
+    order: tuple[int, ...] = ()
+    keep: tuple[int, ...] = ()
+    history_cut: int = 0
 
     def forbidden_item_ids(self) -> frozenset[int]:
         """Items an edge answer must not name: the user's training items."""
         return self.train_item_ids | {item.item_id for item in self.history}
+
+    def base_rank(self, index: int) -> int:
+        """The base model's position (0 = its best) of the candidate listed at `index`."""
+        return self.order[index] if self.order else index
+
+    def with_history(self, n: int) -> UserContext:
+        """This context with only the `n` history items kept first (see `keep`), in their original order."""
+        keep = self.keep or tuple(range(len(self.history) - 1, -1, -1))
+        kept = sorted(keep[:max(0, n)])
+        return replace(self, history=[self.history[i] for i in kept], keep=tuple(
+            kept.index(i) for i in keep[:max(0, n)]), history_cut=self.history_cut + len(self.history) - len(kept))
 
 
 def sanitize(text: object) -> str:
@@ -159,45 +179,99 @@ def item_texts(items: pd.DataFrame, item_ids: Iterable[int] | None = None) -> di
     return out
 
 
+def shuffled_order(user_id: int, n: int, seed: int) -> tuple[int, ...]:
+    """A permutation of range(n) that depends only on (seed, user_id): the same user is shown the same order in
+    any batch, trial subset or re-run (so the answers already paid for are found again)."""
+    digest = hashlib.sha256(f"{seed}:{int(user_id)}".encode()).digest()
+    order = list(range(n))
+    random.Random(int.from_bytes(digest[:8], "big")).shuffle(order)
+    return tuple(order)
+
+
+def _keep_order(rows: pd.DataFrame) -> list[int]:
+    """Positions of a user's history rows (train-row order) in the order they are kept: most recent first where
+    every row has a timestamp, else highest rated where every row has a rating, else latest row first; ties go
+    to the later row."""
+    position = list(range(len(rows)))
+    for column in ("timestamp", "rating"):
+        if column in rows and len(rows) and rows[column].notna().all():
+            values = rows[column].tolist()
+            return sorted(position, key=lambda i: (values[i], i), reverse=True)
+    return position[::-1]
+
+
 def build_user_contexts(
     train: pd.DataFrame,
     items: pd.DataFrame,
     candidates: pd.DataFrame,
     user_ids: Iterable[int],
     max_history: int | None,
+    shuffle_seed: int | None = None,
 ) -> list[UserContext]:
     """One UserContext per user id (in the given order) from TRAINING interactions only.
 
-    train: (user_id, item_id) in train-row order; a repeated item keeps its last position. History = the user's
-    training items in that order, truncated to the most recent `max_history` (None: all, as the official code).
-    candidates: (user_id, rank, item_id, score); padding ids (< 0) and training items are dropped. A user with no
-    candidates gets an empty list; a user with no training rows gets an empty history.
+    train: (user_id, item_id[, timestamp, rating]) in train-row order; a repeated item keeps its last position.
+    History = the user's training items in that order; with `max_history`, only the first `max_history` of them
+    in keep order (`UserContext.keep`: most recent by timestamp, else highest rated, else latest row) are shown
+    (None: all, as the official code).
+    candidates: (user_id, rank, item_id, score); padding ids (< 0) and training items are dropped; listed best
+    first, or in `shuffled_order(user, k, shuffle_seed)` when `shuffle_seed` is given. A user with no candidates
+    gets an empty list; a user with no training rows gets an empty history.
     """
     if max_history is not None and max_history < 1:
         raise ValueError(f"max_history must be >= 1 or None, got {max_history}")
     users = [int(u) for u in user_ids]
     wanted = set(users)
-    rows = train.loc[train["user_id"].isin(wanted), ["user_id", "item_id"]].astype("int64")
-    rows = rows.drop_duplicates(keep="last")
+    columns = ["user_id", "item_id", *(c for c in ("timestamp", "rating") if c in train)]
+    rows = train.loc[train["user_id"].isin(wanted), columns]
+    rows = rows.drop_duplicates(["user_id", "item_id"], keep="last")
     cands = candidates.loc[candidates["user_id"].isin(wanted) & candidates["item_id"].notna()]
     cands = cands.loc[cands["item_id"] >= 0, ["user_id", "rank", "item_id"]].astype("int64")
     cands = cands.sort_values(["user_id", "rank"], kind="stable")
-    history_of = {int(u): g["item_id"].tolist() for u, g in rows.groupby("user_id", sort=False)}
+    history_of = {int(u): g for u, g in rows.groupby("user_id", sort=False)}
     cands_of = {int(u): g["item_id"].tolist() for u, g in cands.groupby("user_id", sort=False)}
-    texts = item_texts(items, [*rows["item_id"].tolist(), *cands["item_id"].tolist()])
+    texts = item_texts(items, [*rows["item_id"].astype("int64").tolist(), *cands["item_id"].tolist()])
 
     contexts = []
     for user in users:
-        full = history_of.get(user, [])
-        shown = full[-max_history:] if max_history is not None else full
+        own = history_of.get(user, rows.iloc[:0])
+        full = own["item_id"].astype("int64").tolist()
         seen = set(full)
         # Candidates from our base model never contain training items; the official candidates could, and the
         # official prompt could only ask the model to avoid them. Here they are never offered.
         offered = list(dict.fromkeys(i for i in cands_of.get(user, []) if i not in seen))
-        contexts.append(UserContext(
+        order = tuple(range(len(offered))) if shuffle_seed is None else shuffled_order(user, len(offered),
+                                                                                        shuffle_seed)
+        ctx = UserContext(
             user_id=user,
-            history=[texts[i] for i in shown],
-            candidates=[texts[i] for i in offered],
+            history=[texts[i] for i in full],
+            candidates=[texts[offered[i]] for i in order],
             train_item_ids=frozenset(full),
-        ))
+            order=order,
+            keep=tuple(_keep_order(own)),
+        )
+        contexts.append(ctx.with_history(max_history) if max_history is not None else ctx)
     return contexts
+
+
+def fit_history(ctx: UserContext, build: Callable[[UserContext], Messages], max_tokens: int,
+                count: Callable[[Messages], int]) -> tuple[UserContext, int]:
+    """`ctx` with the longest history (cut in keep order) whose prompt `build(ctx)` counts at most `max_tokens`
+    tokens, and that prompt's token count; the whole history when it fits. When even one history item does not
+    fit, the context with one item and its (too large) count: the caller must not send it."""
+    tokens = count(build(ctx))
+    if tokens <= max_tokens or len(ctx.history) <= 1:
+        return ctx, tokens
+    lo, hi = 1, len(ctx.history) - 1  # the largest n in [lo, hi] that fits; lo is the fallback
+    best = (ctx.with_history(1), count(build(ctx.with_history(1))))
+    if best[1] > max_tokens:
+        return best
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        cut = ctx.with_history(mid)
+        n = count(build(cut))
+        if n <= max_tokens:
+            lo, best = mid, (cut, n)
+        else:
+            hi = mid - 1
+    return best

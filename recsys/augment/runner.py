@@ -62,12 +62,21 @@ class ItemOutcome:
     reason: str | None  # why it failed
     asks: int  # chat calls that included this key
     prompt_hash: str | None  # sha256 of the canonical JSON of the first prompt for this key
+    history_cut: int = 0  # training items left out of the prompt's history to fit max_prompt_tokens
 
 
-def failed(key: int, reason: str, *, raw: str | None = None, asks: int = 0, first_hash: str | None = None
-           ) -> ItemOutcome:
+def failed(key: int, reason: str, *, raw: str | None = None, asks: int = 0, first_hash: str | None = None,
+           history_cut: int = 0) -> ItemOutcome:
     """A failed outcome."""
-    return ItemOutcome(key=key, ok=False, value=None, raw=raw, reason=reason, asks=asks, prompt_hash=first_hash)
+    return ItemOutcome(key=key, ok=False, value=None, raw=raw, reason=reason, asks=asks, prompt_hash=first_hash,
+                       history_cut=history_cut)
+
+
+def too_long(key: int, tokens: int, max_tokens: int, what: str, history_cut: int = 0) -> ItemOutcome:
+    """The failure of an item whose prompt does not fit `max_tokens` (`what`: the smallest prompt tried); never
+    sent."""
+    return failed(key, f"prompt too long: {tokens} tokens with {what}, more than max_prompt_tokens={max_tokens}; "
+                       "not sent", history_cut=history_cut)
 
 
 def correction(messages: Messages, bad_answer: str, reason: str) -> Messages:
@@ -104,6 +113,7 @@ def ask_until_valid(
     template_version: str,
     max_reasks: int,
     tags: dict[str, str],
+    fits: Callable[[Messages], bool] | None = None,
 ) -> list[ItemOutcome]:
     """One outcome per key (in `keys` order) of one request for all `keys`, re-asked at most `max_reasks` times.
 
@@ -112,7 +122,8 @@ def ask_until_valid(
     cache (a re-run replays it for free); the keys still missing are asked again in a fresh, smaller request. An
     answer with nothing valid is dropped from the cache (also the last one: a re-run must not be served it again)
     and the re-ask extends the conversation with that answer and the reasons (a fresh copy of the same request
-    would likely get the same answer). A transport failure (`text is None`, the client having used its own
+    would likely get the same answer), unless that conversation does not `fit` the prompt budget: then the fresh
+    request is sent again. A transport failure (`text is None`, the client having used its own
     retries) ends every pending key at once. `asks` counts the requests that included the key.
     """
     asks, first_hash = dict.fromkeys(keys, 0), {}
@@ -145,6 +156,8 @@ def ask_until_valid(
         if not pending or round_no == max_reasks:
             break
         messages = prompt(pending) if valid else correction(messages, result.text, _summary(invalid))
+        if fits is not None and not valid and not fits(messages):
+            messages = prompt(pending)
     return [_outcome(key, done, reasons, raw, asks, first_hash, final) for key in keys]
 
 
@@ -210,21 +223,24 @@ def _frame(rows: list[dict[str, Any]], dtypes: dict[str, Any]) -> pd.DataFrame:
 
 
 def edges_frame(outcomes: Sequence[ItemOutcome], model: str) -> pd.DataFrame:
-    """augmented_edges: user_id, pos_item_id, neg_item_id (int64), model, prompt_hash — one row per ok user."""
-    rows = [{"user_id": o.key, "pos_item_id": o.value["pos_item_id"], "neg_item_id": o.value["neg_item_id"],
-             "model": model, "prompt_hash": o.prompt_hash} for o in outcomes if o.ok and o.value is not None]
+    """augmented_edges: user_id, pos_item_id, neg_item_id (int64), model, prompt_hash, pos_rank, neg_rank (the
+    picked candidates' ranks in the base model's order, 1 = its best), history_cut — one row per ok user."""
+    rows = [{"user_id": o.key, **o.value, "model": model, "prompt_hash": o.prompt_hash,
+             "history_cut": o.history_cut} for o in outcomes if o.ok and o.value is not None]
     return _frame(rows, {"user_id": "int64", "pos_item_id": "int64", "neg_item_id": "int64",
-                         "model": _STR, "prompt_hash": _STR})
+                         "model": _STR, "prompt_hash": _STR, "pos_rank": "int64", "neg_rank": "int64",
+                         "history_cut": "int64"})
 
 
 def profiles_frame(outcomes: Sequence[ItemOutcome], model: str) -> pd.DataFrame:
     """user_profiles: user_id, age (int64), gender, liked_genres, disliked_genres, liked_directors (list<string>),
-    country, language, raw_text, model, prompt_hash — one row per ok user."""
-    rows = [{"user_id": o.key, **o.value, "raw_text": o.raw, "model": model, "prompt_hash": o.prompt_hash}
-            for o in outcomes if o.ok and o.value is not None]
+    country, language, raw_text, model, prompt_hash, history_cut — one row per ok user."""
+    rows = [{"user_id": o.key, **o.value, "raw_text": o.raw, "model": model, "prompt_hash": o.prompt_hash,
+             "history_cut": o.history_cut} for o in outcomes if o.ok and o.value is not None]
     dtypes: dict[str, Any] = {"user_id": "int64", "age": "int64", "gender": _STR}
     dtypes |= {name: _LIST for name in PROFILE_LISTS}
-    dtypes |= {"country": _STR, "language": _STR, "raw_text": _STR, "model": _STR, "prompt_hash": _STR}
+    dtypes |= {"country": _STR, "language": _STR, "raw_text": _STR, "model": _STR, "prompt_hash": _STR,
+               "history_cut": "int64"}
     return _frame(rows, dtypes)
 
 
@@ -238,7 +254,9 @@ def attributes_frame(outcomes: Sequence[ItemOutcome], model: str) -> pd.DataFram
 
 
 def failures_frame(outcomes: Sequence[ItemOutcome], stage: str) -> pd.DataFrame:
-    """stage, key (int64), reason, raw (null when there was no answer), asks (int64) — one row per failed key."""
-    rows = [{"stage": stage, "key": o.key, "reason": o.reason, "raw": o.raw, "asks": o.asks}
-            for o in outcomes if not o.ok]
-    return _frame(rows, {"stage": _STR, "key": "int64", "reason": _STR, "raw": _STR, "asks": "int64"})
+    """stage, key (int64), reason, raw (null when there was no answer), asks, history_cut (int64) — one row per
+    failed key."""
+    rows = [{"stage": stage, "key": o.key, "reason": o.reason, "raw": o.raw, "asks": o.asks,
+             "history_cut": o.history_cut} for o in outcomes if not o.ok]
+    return _frame(rows, {"stage": _STR, "key": "int64", "reason": _STR, "raw": _STR, "asks": "int64",
+                         "history_cut": "int64"})

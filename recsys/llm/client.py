@@ -3,7 +3,9 @@ built on `Endpoint`, which every call to an OpenAI-compatible endpoint goes thro
 recsys.embed.remote).
 
 It uses the official `openai` package with only standard parameters (model, messages, temperature, top_p,
-max_tokens), so it works unchanged against OpenAI, vLLM, Ollama, llama.cpp and the local test server. The SDK's
+max_tokens, and `response_format` in the form `LLMConfig.structured_outputs` names: recsys/llm/structured.py says
+which servers take which), so it works unchanged against OpenAI, vLLM, Ollama, llama.cpp and the local test server.
+A server that rejects the `response_format` it is sent raises `LLMUnsupportedError` at the first request. The SDK's
 own retries are off (`max_retries=0`): tenacity (recsys.llm.retry) is the only retry layer, so attempts, waits
 and the usage record of every attempt are all in one place.
 
@@ -32,9 +34,10 @@ import openai
 
 from recsys.config import EndpointConfig, LLMConfig
 from recsys.llm.cache import ResponseCache, cache_key
-from recsys.llm.limits import RateLimiter, shared_limiter
+from recsys.llm.limits import RateLimiter, announced_limits, shared_limiter
 from recsys.llm.pricing import PriceTable, load_price_table
 from recsys.llm.retry import AttemptFailed, Retryable, classify, retrying
+from recsys.llm.structured import response_format
 from recsys.llm.tokens import count_message_tokens, count_tokens
 
 BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -52,6 +55,10 @@ class LLMConfigError(LLMError, ValueError):
 
 class LLMAuthError(LLMError):
     """The endpoint refused the credentials (401/403) or the account has no quota left."""
+
+
+class LLMUnsupportedError(LLMError):
+    """The endpoint rejects a request field (e.g. the `response_format` of `structured_outputs`)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class UsageEvent:
     attempt: int  # 1-based HTTP attempt, 0 for a cache hit
     outcome: str  # "ok" | "http_429" | "http_500" | "http_400" | ... | "timeout" | "connection" | "bad_response"
     cost_usd: float | None  # None when the model has no price
+    mode: str = "normal"  # "normal" (one request per prompt) or "batch" (Batch API, batch prices)
     stage: str | None = None
     batch: str | None = None
     error: str | None = None
@@ -179,15 +187,19 @@ class Endpoint:
                 value, pt, ct = send()
             except Exception as exc:
                 failure = classify(exc, timeout_s=self.cfg.timeout_s, base_url=self.base_url,
-                                   scrub=self._scrub)
+                                   scrub=self._scrub, max_wait_s=self.cfg.backoff_max_s)
                 if isinstance(exc, openai.APIStatusError):
                     actual_tokens = estimate  # the server answered at once: nothing was generated
-                if failure.retry_after and failure.outcome == "http_429":
+                if failure.retry_after and failure.outcome == "http_429" and failure.retryable:
                     self.limiter.pause(failure.retry_after)  # the whole client backs off, not only this thread
                 self.emit(tags, attempt=attempt, outcome=failure.outcome, latency_s=time.monotonic() - t0,
                           error=failure.description)
                 if failure.fatal:
                     raise LLMAuthError(failure.description) from None
+                if failure.unsupported:
+                    raise LLMUnsupportedError(f"{failure.description} (the endpoint does not take what "
+                                              f"structured_outputs={getattr(self.cfg, 'structured_outputs', '?')} "
+                                              "sends: choose another mode, see README)") from None
                 raise failure from None
             actual_tokens = pt + ct
         finally:
@@ -196,6 +208,17 @@ class Endpoint:
                   latency_s=time.monotonic() - t0)
         return value, pt, ct
 
+    def adopt_limits(self, headers: Any) -> None:
+        """Hold the limiter to the limits an answer's `x-ratelimit-*` headers announce (capped by `rpm_cap` /
+        `tpm_cap`), and pause it until an exhausted window resets (at most `backoff_max_s`)."""
+        said = announced_limits(headers)
+        if said.rpm or said.tpm:
+            cap = (self.cfg.rpm_cap, self.cfg.tpm_cap)
+            self.limiter.announce(*(min(v, c) if v and c else v for v, c in zip((said.rpm, said.tpm), cap,
+                                                                                 strict=True)))
+        if said.wait_s:
+            self.limiter.pause(min(said.wait_s, self.cfg.backoff_max_s))
+
     def _scrub(self, text: str) -> str:
         """Remove the API key from text that came from elsewhere (error messages may echo it)."""
         if self._secret and self._secret != LOCAL_PLACEHOLDER_KEY and self._secret in text:
@@ -203,15 +226,17 @@ class Endpoint:
         return text
 
     def emit(self, tags: dict[str, str], *, attempt: int, outcome: str, latency_s: float, prompt_tokens: int = 0,
-             completion_tokens: int = 0, cached: bool = False, error: str | None = None) -> None:
-        """Hand one usage event to the sink (failed attempts cost 0)."""
+             completion_tokens: int = 0, cached: bool = False, error: str | None = None, mode: str = "normal"
+             ) -> None:
+        """Hand one usage event to the sink (failed attempts cost 0; `mode` "batch" is priced at batch prices)."""
         if self._sink is None:
             return
-        cost = self.prices.cost(self.model, prompt_tokens, completion_tokens, cached=cached) if outcome == "ok" else 0.0
+        cost = (self.prices.cost(self.model, prompt_tokens, completion_tokens, cached=cached, batch=mode == "batch")
+                if outcome == "ok" else 0.0)
         self._sink(UsageEvent(
             timestamp=time.time(), model=self.model, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, cached=cached, latency_s=latency_s, attempt=attempt,
-            outcome=outcome, cost_usd=cost, stage=tags.get("stage"), batch=tags.get("batch"), error=error,
+            outcome=outcome, cost_usd=cost, mode=mode, stage=tags.get("stage"), batch=tags.get("batch"), error=error,
             tags=dict(tags),
         ))
 
@@ -229,7 +254,10 @@ class Endpoint:
 class LLMClient(Endpoint):
     """Chat completions through the official `openai` package; thread-safe (call `chat` from many threads).
 
-    The cache is shared by every client (and process) using the same `cache_dir`."""
+    The cache is shared by every client (and process) using the same `cache_dir`. `answer_schema` (name, JSON
+    schema) is the schema every answer of this client must follow, sent as `response_format` in the form
+    `cfg.structured_outputs` names; it is in no cache key (an answer that validates is kept whichever mode
+    produced it)."""
 
     cfg: LLMConfig
 
@@ -241,9 +269,21 @@ class LLMClient(Endpoint):
         usage_sink: UsageSink | None = None,
         api_key: str | None = None,
         before_request: BeforeRequest | None = None,
+        answer_schema: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(cfg, cfg.model, usage_sink=usage_sink, api_key=api_key, before_request=before_request)
         self.cache = ResponseCache(cache_dir)
+        self.response_format = (response_format(cfg.structured_outputs, *answer_schema) if answer_schema
+                                else None)
+
+    def request_body(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+        """The chat-completions request body of `messages` (what `chat` sends, and one line of a batch file)."""
+        body: dict[str, Any] = {"model": self.cfg.model, "messages": [dict(m) for m in messages],
+                                "temperature": self.cfg.temperature, "top_p": self.cfg.top_p,
+                                "max_tokens": self.cfg.max_tokens}
+        if self.response_format is not None:
+            body["response_format"] = self.response_format
+        return body
 
     # --- cache -------------------------------------------------------------------------------------------------
     def cache_key(self, messages: Sequence[Mapping[str, str]], template_version: str) -> str:
@@ -269,25 +309,16 @@ class LLMClient(Endpoint):
         has `text=None` and `error`), except `LLMAuthError` for refused credentials or quota."""
         tags = {str(k): str(v) for k, v in (tags or {}).items()}
         started = time.monotonic()
-        key = self.cache_key(messages, template_version)
-        hit = self.cache.get(key)
+        hit = self.cached(messages, template_version=template_version, tags=tags)
         if hit is not None:
-            pt, ct = int(hit.get("prompt_tokens", 0)), int(hit.get("completion_tokens", 0))
-            self.emit(tags, attempt=0, outcome="ok", prompt_tokens=pt, completion_tokens=ct, cached=True,
-                      latency_s=time.monotonic() - started)
-            return ChatResult(hit["text"], pt, ct, True, 0, time.monotonic() - started, None)
-
+            return hit
+        key = self.cache_key(messages, template_version)
         estimate = count_message_tokens(messages)
 
         def send() -> tuple[str, int, int]:
-            response = self._client.chat.completions.create(
-                model=self.cfg.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=self.cfg.temperature,
-                top_p=self.cfg.top_p,
-                max_tokens=self.cfg.max_tokens,
-            )
-            text, pt, ct = self._read_answer(response, estimate)
+            raw = self._client.chat.completions.with_raw_response.create(**self.request_body(messages))
+            self.adopt_limits(raw.headers)
+            text, pt, ct = self._read_answer(raw.parse(), estimate)
             # Cache first, before any bookkeeping: an answer paid for is kept even if the process dies now.
             self.cache.put(key, {"text": text, "prompt_tokens": pt, "completion_tokens": ct, "model": self.cfg.model})
             return text, pt, ct
@@ -298,6 +329,18 @@ class LLMClient(Endpoint):
         except CallFailed as exc:
             return ChatResult(None, 0, 0, False, exc.attempts, time.monotonic() - started, str(exc))
         return ChatResult(text, pt, ct, False, attempts, time.monotonic() - started, None)
+
+    def cached(self, messages: list[dict[str, str]], *, template_version: str, tags: dict[str, str] | None = None
+               ) -> ChatResult | None:
+        """The answer to `messages` from the response cache (a cache-hit usage event), or None."""
+        started = time.monotonic()
+        hit = self.cache.get(self.cache_key(messages, template_version))
+        if hit is None:
+            return None
+        pt, ct = int(hit.get("prompt_tokens", 0)), int(hit.get("completion_tokens", 0))
+        self.emit({str(k): str(v) for k, v in (tags or {}).items()}, attempt=0, outcome="ok", prompt_tokens=pt,
+                  completion_tokens=ct, cached=True, latency_s=time.monotonic() - started)
+        return ChatResult(hit["text"], pt, ct, True, 0, time.monotonic() - started, None)
 
     @staticmethod
     def _read_answer(response: Any, prompt_estimate: int) -> tuple[str, int, int]:

@@ -12,6 +12,11 @@ smoothed: capacity is a small burst (2.5 % of the per-minute limit, at least one
 95 % of the limit. At most C + 0.95 R <= R requests fall in any 60 s window (see `window_bound`), with a few
 seconds of slack for network jitter, and a long run still reaches 0.95 R.
 
+Limits announced by the endpoint. OpenAI answers every request with `x-ratelimit-limit-requests` and
+`x-ratelimit-limit-tokens` (the account's per-minute limits for the model) and `-remaining-` / `-reset-` companions.
+`announce(rpm, tpm)` makes an announced limit replace the configured one (the caller caps it first); a limit the
+endpoint never announced stays as configured. `pause` covers an exhausted window (`remaining` 0 until `reset`).
+
 Order of waiting: a request first takes an in-flight slot and only then its rate tokens, and is sent right after.
 Taking rate tokens first and then queueing for a slot would let requests that were admitted over a longer span
 reach the server inside one window.
@@ -20,9 +25,11 @@ reach the server inside one window.
 from __future__ import annotations
 
 import logging
+import math
+import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -107,28 +114,53 @@ class RateLimiter:
         self._in_flight = 0
         self._paused_until = 0.0
         self._settings: tuple[int | None, int | None, int] | None = None
+        self._announced: tuple[int | None, int | None] = (None, None)
+        self._effective: tuple[int | None, int | None] | None = None
         self.configure(rpm, tpm, max_in_flight)
 
     @property
     def settings(self) -> tuple[int | None, int | None, int]:
-        """(rpm, tpm, max_in_flight) in force."""
+        """(rpm, tpm, max_in_flight) as configured."""
         assert self._settings is not None
         return self._settings
 
+    @property
+    def effective(self) -> tuple[int | None, int | None, int]:
+        """(rpm, tpm, max_in_flight) in force: an announced limit replaces the configured one."""
+        with self._cond:
+            assert self._effective is not None and self._settings is not None
+            return (*self._effective, self._settings[2])
+
     def configure(self, rpm: int | None, tpm: int | None, max_in_flight: int) -> None:
-        """Set the limits (None: no limit of that kind). Buckets are rebuilt only when their limit changes."""
+        """Set the configured limits (None: no limit of that kind). Buckets are rebuilt only when the limit in
+        force changes."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         with self._cond:
-            now = self._clock()
-            old = self._settings
-            if old is None or old[0] != rpm:
-                self._rpm = TokenBucket.per_minute(rpm, now=now) if rpm else None
-            if old is None or old[1] != tpm:
-                self._tpm = TokenBucket.per_minute(tpm, now=now) if tpm else None
             self._max_in_flight = max_in_flight
             self._settings = (rpm, tpm, max_in_flight)
-            self._cond.notify_all()
+            self._apply_locked()
+
+    def announce(self, rpm: int | None, tpm: int | None) -> None:
+        """The endpoint's own per-minute limits (None: not announced, the configured one stays)."""
+        with self._cond:
+            self._announced = (rpm or self._announced[0], tpm or self._announced[1])
+            self._apply_locked()
+
+    def _apply_locked(self) -> None:
+        assert self._settings is not None
+        now = self._clock()
+        rpm = self._announced[0] or self._settings[0]
+        tpm = self._announced[1] or self._settings[1]
+        old = self._effective
+        if old is None or old[0] != rpm:
+            self._rpm = TokenBucket.per_minute(rpm, now=now) if rpm else None
+        if old is None or old[1] != tpm:
+            self._tpm = TokenBucket.per_minute(tpm, now=now) if tpm else None
+        if old is not None and old != (rpm, tpm):
+            log.info("rate limits in force: %s requests/min, %s tokens/min", rpm, tpm)
+        self._effective = (rpm, tpm)
+        self._cond.notify_all()
 
     @property
     def in_flight(self) -> int:
@@ -251,3 +283,55 @@ def clear_shared_limiters() -> None:
     """Forget every shared limiter (tests start from fresh buckets)."""
     with _REGISTRY_LOCK:
         _REGISTRY.clear()
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3}
+
+
+def parse_reset(text: str | None) -> float | None:
+    """Seconds in an `x-ratelimit-reset-*` value ("1s", "6m0s", "59.2s", "20ms", "1h2m3s", or plain seconds);
+    None when it is not one."""
+    if not text:
+        return None
+    text = text.strip()
+    try:
+        value = float(text)
+        return value if math.isfinite(value) and value >= 0 else None
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def _positive_int(text: str | None) -> int | None:
+    try:
+        value = int(str(text).strip())
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+@dataclass(frozen=True)
+class Announced:
+    """What an endpoint's `x-ratelimit-*` headers say: its per-minute limits (None: not said) and how long until
+    an exhausted window resets (0: not exhausted)."""
+
+    rpm: int | None
+    tpm: int | None
+    wait_s: float
+
+
+def announced_limits(headers: Mapping[str, str] | None) -> Announced:
+    """The limits in OpenAI's `x-ratelimit-limit-requests`, `-limit-tokens`, `-remaining-requests`,
+    `-remaining-tokens`, `-reset-requests` and `-reset-tokens` headers; unreadable values count as absent."""
+    headers = headers or {}
+    wait = 0.0
+    for kind in ("requests", "tokens"):
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        if remaining is not None and remaining.strip() == "0":
+            wait = max(wait, parse_reset(headers.get(f"x-ratelimit-reset-{kind}")) or 0.0)
+    return Announced(_positive_int(headers.get("x-ratelimit-limit-requests")),
+                     _positive_int(headers.get("x-ratelimit-limit-tokens")), wait)

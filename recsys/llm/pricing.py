@@ -25,15 +25,25 @@ DEFAULT_PRICE_TABLE = Path(__file__).with_name("prices.yaml")
 _SNAPSHOT = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 
 
+BATCH_DISCOUNT = 0.5  # OpenAI's Batch API costs half the normal price; a table's batch_input/batch_output wins
+
+
 @dataclass(frozen=True)
 class Price:
-    """USD per 1M tokens."""
+    """USD per 1M tokens, for normal requests and for the Batch API."""
 
     input_per_m: float
     output_per_m: float
+    batch_input_per_m: float | None = None  # None: BATCH_DISCOUNT of the normal price
+    batch_output_per_m: float | None = None
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """USD for one call's tokens."""
+    def cost(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float:
+        """USD for one call's tokens (at batch prices when `batch`)."""
+        if batch:
+            inp = self.batch_input_per_m if self.batch_input_per_m is not None else self.input_per_m * BATCH_DISCOUNT
+            out = (self.batch_output_per_m if self.batch_output_per_m is not None
+                   else self.output_per_m * BATCH_DISCOUNT)
+            return (prompt_tokens * inp + completion_tokens * out) / 1_000_000
         return (prompt_tokens * self.input_per_m + completion_tokens * self.output_per_m) / 1_000_000
 
 
@@ -48,12 +58,13 @@ class PriceTable:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PriceTable:
-        """Read `{models: {name: {input, output}}, aliases: {alias: name}}`."""
+        """Read `{models: {name: {input, output[, batch_input, batch_output]}}, aliases: {alias: name}}`."""
         data = yaml.safe_load(Path(path).read_text()) or {}
         models: dict[str, Price] = {}
         for name, entry in (data.get("models") or {}).items():
             try:
-                models[str(name)] = Price(float(entry["input"]), float(entry["output"]))
+                batch = [None if entry.get(k) is None else float(entry[k]) for k in ("batch_input", "batch_output")]
+                models[str(name)] = Price(float(entry["input"]), float(entry["output"]), *batch)
             except (TypeError, KeyError, ValueError) as exc:
                 raise ValueError(f"{path}: model {name!r} needs numeric 'input' and 'output' prices") from exc
         aliases = {str(k): str(v) for k, v in (data.get("aliases") or {}).items()}
@@ -91,12 +102,14 @@ class PriceTable:
         """Whether `model` has a price (no warning)."""
         return self.resolve(model) is not None
 
-    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, *, cached: bool = False) -> float | None:
-        """USD for one call; 0.0 for an answer served from the cache; None for an unknown model."""
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int, *, cached: bool = False,
+             batch: bool = False) -> float | None:
+        """USD for one call (at batch prices when `batch`); 0.0 for an answer served from the cache; None for an
+        unknown model."""
         if cached:
             return 0.0
         price = self.price(model)
-        return None if price is None else price.cost(prompt_tokens, completion_tokens)
+        return None if price is None else price.cost(prompt_tokens, completion_tokens, batch=batch)
 
 
 @lru_cache(maxsize=16)

