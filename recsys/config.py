@@ -58,6 +58,9 @@ class SplitConfig(_Config):
     test_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # reference split: floor(0.1 n) test per user
     seed: int = 2020  # reference split seed
     split_dir: Path | None = None
+    # A (user, item) pair in two parts of a given split: "error" stops naming both files and the count; "drop"
+    # removes it from the later part (valid after train, test after both) and says how many it dropped.
+    overlap: Literal["error", "drop"] = "error"
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -135,6 +138,9 @@ class EvalConfig(_Config):
 
     ks: tuple[int, ...] = (10, 20, 50)  # LLMRec paper reports R/N/P @ 10, 20, 50
     batch_users: int = Field(1024, gt=0)
+    # Users in valid or test without a training interaction ("cold"): their embedding was never trained, so
+    # "exclude" leaves them out of the metrics (their count is in metrics.json); "keep" ranks for them too.
+    cold_users: Literal["exclude", "keep"] = "exclude"
 
 
 class CandidateConfig(_Config):
