@@ -11,7 +11,8 @@ from prefect import get_run_logger
 
 from recsys.config import EvalConfig, ModelConfig, TrainConfig
 from recsys.data.dataset import DenseSplit
-from recsys.eval.ranking import evaluate
+from recsys.data.degenerate import warn_skipped
+from recsys.eval.ranking import RankingEvaluator
 from recsys.models.base import Recommender
 from recsys.models.factory import build_model
 from recsys.train.trainer import FitResult, fit, resolve_device
@@ -72,11 +73,23 @@ def load_trained(store: ArtifactStore, train_ref: str, model: ModelConfig, data:
 
 def store_metrics(store: ArtifactStore, ref: ArtifactRef, params: dict[str, Any], net: Recommender,
                   data: DenseSplit, eval: EvalConfig) -> None:
-    """Write full-ranking metrics on VALID (train masked) and TEST (train and valid masked) as `metrics`."""
-    metrics = {part: evaluate(net, data, part, eval.ks, eval.batch_users) for part in ("valid", "test")}
+    """Write full-ranking metrics on VALID (train masked) and TEST (train and valid masked) as `metrics`, and per
+    part how many users were evaluated and how many cold users (no train item) were left out or kept as `users`."""
+    logger = get_run_logger()
+    evaluators = {part: RankingEvaluator(data, part, eval.ks, eval.batch_users, eval.cold_users)
+                  for part in ("valid", "test")}
+    metrics = {part: evaluator(net) for part, evaluator in evaluators.items()}
+    users = {part: {"evaluated": int(e.users.size), "cold": int(e.cold_users.size),
+                    "cold_excluded": int(e.cold_users.size) if eval.cold_users == "exclude" else 0}
+             for part, e in evaluators.items()}
+    if eval.cold_users == "exclude":
+        for part, e in evaluators.items():
+            warn_skipped("evaluation", data.raw_users(e.cold_users), f"from the {part} metrics: no training "
+                         "interaction (cold users; cold_users='keep' ranks for them too)", data.source, logger)
     with store.write(ref.stage, ref.key, params) as w:
         w.json("metrics", metrics)
-    get_run_logger().info("%s: test %s", ref.stage, _fmt(metrics["test"]))
+        w.json("users", users)
+    logger.info("%s: test %s", ref.stage, _fmt(metrics["test"]))
 
 
 @stage_task("evaluate", name="evaluate")

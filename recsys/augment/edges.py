@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from recsys.augment.parse import validate_edges
-from recsys.augment.prompts import EDGES_VERSION, UserContext, edges_messages
+from recsys.augment.prompts import EDGES_VERSION, UserContext, edges_messages, edges_skip_reason
 from recsys.augment.runner import ChatClient, ItemOutcome, ask_until_valid, check_run_args, failed, run_parallel
 
 
@@ -17,18 +17,15 @@ def augment_edges(
 ) -> list[ItemOutcome]:
     """One outcome per user, in input order; value {"pos_item_id", "neg_item_id"} (raw item ids).
 
-    Users without training history or with fewer than two candidates fail without a call (the official script
-    would still have asked, with an empty history).
+    Users without training history (with text) or with fewer than two candidates fail without a call
+    (`edges_skip_reason`; the official script would still have asked, with an empty history).
     """
     check_run_args([u.user_id for u in users], max_reasks, max_workers)
 
     def one(ctx: UserContext) -> ItemOutcome:
-        if not ctx.candidates:
-            return failed(ctx.user_id, "no candidates")
-        if len(ctx.candidates) < 2:
-            return failed(ctx.user_id, "fewer than 2 candidates: liked and disliked must differ")
-        if not ctx.history:
-            return failed(ctx.user_id, "no training history")
+        reason = edges_skip_reason(ctx)
+        if reason is not None:
+            return failed(ctx.user_id, reason)
         (outcome,) = ask_until_valid(client, [ctx.user_id], lambda _: edges_messages(ctx),
                                      lambda text, keys: ({keys[0]: validate_edges(text, ctx)}, {}),
                                      template_version=EDGES_VERSION, max_reasks=max_reasks, tags=tags)
