@@ -1,9 +1,16 @@
 """The `llmrec` command line. `base`, `augment` and `run` run the Prefect flows of the same names; `ablate` runs
-`run` with every variant; `cost` and `rerun` operate on the ledger and a Prefect server."""
+`run` with every variant; `cost` and `rerun` operate on the ledger and a Prefect server.
+
+An expected failure (bad input, an unreachable Prefect server or endpoint, a failed augmentation) ends the command
+with one `error:` line and exit code 2, and Prefect's console log leaves out its traceback; `llmrec --debug ...`
+shows the tracebacks.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +36,7 @@ from recsys.config import (
     CandidateConfig,
     DataConfig,
     EmbedConfig,
+    EvalConfig,
     LLMConfig,
     ModelConfig,
     RunConfig,
@@ -37,9 +45,38 @@ from recsys.config import (
     TrainConfig,
 )
 from recsys.data.errors import DataError
+from recsys.train.errors import DeviceUnavailable
+
+# What a run of a flow may fail with that the user can fix: one line and exit code 2, never a traceback.
+RUN_ERRORS: tuple[type[Exception], ...] = (DataError, FileNotFoundError, FloatingPointError, DeviceUnavailable)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="LLM-augmented graph recommendation.")
 console = Console()
+
+# Prefect settings for the command line, each unless the environment sets it, applied before Prefect is imported
+# (it reads its settings then). A flow run without PREFECT_API_URL starts a temporary API server first and gives
+# up when it does not answer in time: Prefect's 20 s are too few on a busy machine. Telemetry is off: offline, every
+# attempt to send it logs an ERROR with a traceback.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
+EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+API_UNREACHABLE = "Failed to reach API at"
+USE_A_SERVER = ("run one Prefect server for all runs instead: `prefect server start` in another terminal, then "
+                "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+debug_mode = {"on": False}  # set by --debug
+
+
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an expected failure (bad "
+                                                              "input, an unreachable server) instead of one line.")
+            ) -> None:
+    """LLM-augmented graph recommendation."""
+    debug_mode["on"] = debug
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 # Options shared by several commands, declared once.
@@ -56,6 +93,15 @@ Runner = Annotated[Literal["threads", "dask"], typer.Option(help="Where LLM and 
                                                                  "this process, or a Dask cluster (a local one "
                                                                  "unless --dask-address).")]
 DaskAddress = Annotated[str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://10.0.0.5:8786.")]
+Items = Annotated[Path | None, typer.Option(help="Item text table (Parquet/CSV: item_id, title[, year, genres, "
+                                                 "description]) for a user-supplied dataset; the LLM needs titles.")]
+SplitMethod = Annotated[Literal["random", "temporal", "loo"] | None, typer.Option(
+    "--split", help="How to split the interactions: random (per user 80/10/10, default), temporal (by timestamp) or "
+                    "loo (leave-one-out: last item to test, the one before to valid; for users with few items).")]
+SplitOverlap = Annotated[Literal["error", "drop"], typer.Option(
+    help="A (user, item) pair in two parts of --split-dir: error, or drop it from the later part.")]
+ColdUsers = Annotated[Literal["exclude", "keep"], typer.Option(
+    help="Users in valid/test without a training interaction: exclude them from the metrics, or keep them.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -63,13 +109,63 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def prefect_unreachable(exc: BaseException) -> str | None:
+    """What to do when Prefect's API cannot be reached (its RuntimeError says which case), or None."""
+    text = str(exc)
+    if text.startswith(EPHEMERAL_TIMEOUT):
+        wait = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+        return (f"the temporary Prefect server did not answer within {wait} s (a busy machine starts it slowly): "
+                f"raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or {USE_A_SERVER}")
+    if text.startswith(API_UNREACHABLE):
+        return (f"{text.rstrip('.')}: no Prefect server answers at PREFECT_API_URL; start it (`prefect server "
+                "start`) or unset PREFECT_API_URL so that each run starts a temporary one")
+    return None
+
+
+class _DropExpectedTracebacks(logging.Filter):
+    """Leaves out of Prefect's console log the records that carry the traceback of an expected error (the task or
+    flow run "failed with exception" lines): the command prints that error as one line."""
+
+    def __init__(self, errors: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], self.errors))
+
+
 @contextmanager
 def expected(*errors: type[Exception]) -> Iterator[None]:
-    """Turn these errors into one line on the console and exit code 2 (no traceback)."""
+    """Turn these errors (and Prefect's unreachable-API errors) into one line on the console and exit code 2, with
+    their tracebacks left out of Prefect's console log; with --debug they are raised as they are."""
+    if debug_mode["on"]:
+        yield
+        return
+    consoles = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    quiet = _DropExpectedTracebacks(errors)
+    for handler in consoles:
+        handler.addFilter(quiet)
     try:
         yield
     except errors as e:
         raise _fail(str(e)) from None
+    except RuntimeError as e:
+        advice = prefect_unreachable(e)
+        if advice is None:
+            raise
+        raise _fail(advice) from None
+    finally:
+        for handler in consoles:
+            handler.removeFilter(quiet)
+
+
+def split_config(method: str | None, split_dir: Path | None, overlap: str, seed: int = 2020) -> SplitConfig:
+    """The split the --split / --split-dir / --split-overlap options ask for."""
+    if split_dir is not None:
+        if method is not None:
+            raise _fail("--split and --split-dir exclude each other: --split-dir is a split already made")
+        return SplitConfig(method="dir", split_dir=split_dir, overlap=overlap)
+    return SplitConfig(method=method or "random", seed=seed, overlap=overlap)
 
 
 def runner_config(runner: str, dask_address: str | None) -> RunnerConfig:
@@ -96,8 +192,11 @@ def base(
     model: BaseModel = "lightgcn",
     dataset: Dataset = "ml-100k",
     data_dir: DataDir = None,
-    items: Path | None = typer.Option(None, help="Item text table (Parquet/CSV) for a user-supplied dataset."),
+    items: Items = None,
+    split: SplitMethod = None,
     split_dir: SplitDir = None,
+    split_overlap: SplitOverlap = "error",
+    cold_users: ColdUsers = "exclude",
     out: Path = typer.Option(Path("runs/base"), help="Output folder for metrics.json and candidates.parquet."),
     seed: int = typer.Option(2020, help="Training seed."),
     split_seed: int = typer.Option(2020, help="Seed of the random split (ignored with --split-dir)."),
@@ -110,15 +209,16 @@ def base(
     with expected(ValueError):
         config = BaseRunConfig(
             data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
-            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(seed=split_seed),
+            split=split_config(split, split_dir, split_overlap, split_seed),
             model=ModelConfig(name=model),
             train=TrainConfig(max_epochs=epochs, seed=seed, device=device),
+            eval=EvalConfig(cold_users=cold_users),
             candidates=CandidateConfig(n_candidates=candidates),
         )
 
     from flows.base import base_flow  # deferred: importing Prefect costs seconds, --help should not
 
-    with expected(DataError, FileNotFoundError):
+    with expected(*RUN_ERRORS):
         result = base_flow(config=config, store_root=str(store) if store else None, out_dir=str(out))
     console.print(metrics_table(result["metrics"]))
     console.print(f"wrote {out / 'metrics.json'} and {out / 'candidates.parquet'}")
@@ -132,7 +232,11 @@ def augment(
     stages: str = typer.Option("edges,profiles,attributes", help="Comma-separated: edges, profiles, attributes."),
     dataset: Dataset = "ml-100k",
     data_dir: DataDir = None,
+    items: Items = None,
+    split: SplitMethod = None,
     split_dir: SplitDir = None,
+    split_overlap: SplitOverlap = "error",
+    cold_users: ColdUsers = "exclude",
     base_model: BaseModel = "lightgcn",
     epochs: Epochs = 1000,
     out: Path = typer.Option(Path("runs/augment"), help="Output folder."),
@@ -154,10 +258,11 @@ def augment(
     """
     with expected(ValueError):
         config = AugmentRunConfig(
-            data=DataConfig(dataset=dataset, data_dir=data_dir),
-            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
+            data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
+            split=split_config(split, split_dir, split_overlap),
             model=ModelConfig(name=base_model),
             train=TrainConfig(max_epochs=epochs),
+            eval=EvalConfig(cold_users=cold_users),
             llm=LLMConfig(model=model, base_url=base_url, rpm=rpm or None, tpm=tpm or None, price_table=price_table,
                           prefect_rate_limit=prefect_rate_limit),
             augment=AugmentConfig(stages=tuple(s.strip() for s in stages.split(",") if s.strip()),
@@ -168,9 +273,10 @@ def augment(
     from flows.augment import AugmentFailed, run_augment
     from tasks.ratelimit import RateLimitUnusable
 
-    with expected(DataError, FileNotFoundError, AugmentFailed, RateLimitUnusable):
+    with expected(*RUN_ERRORS, AugmentFailed, RateLimitUnusable):
         result = run_augment(config=config, store_root=str(store) if store else None, out_dir=str(out))
-    console.print(f"rows: {result['rows']}; failed items: {result['failed']}; cost ${result['cost_usd']:.6f}")
+    console.print(f"rows: {result['rows']}; failed items: {result['failed']}; not asked (no text, too few "
+                  f"candidates): {result['not_asked']}; cost ${result['cost_usd']:.6f}")
     console.print(f"wrote {out}/*.parquet (this run's ledger rows: {out}/ledger.parquet); all runs' ledger: "
                   f"{result['ledger']}")
 
@@ -238,7 +344,11 @@ def run(
                                                 f"{LOCAL_MODEL} with the local server)."),
     dataset: Dataset = "ml-100k",
     data_dir: DataDir = None,
+    items: Items = None,
+    split: SplitMethod = None,
     split_dir: SplitDir = None,
+    split_overlap: SplitOverlap = "error",
+    cold_users: ColdUsers = "exclude",
     seeds: int = typer.Option(1, min=1, help="Training seeds per variant (2020, 2021, ...); >= 2 gives p-values."),
     epochs: Epochs = 1000,
     device: Device = "auto",
@@ -257,9 +367,10 @@ def run(
     local = not base_url
     with expected(ValueError):
         config = RunConfig(
-            data=DataConfig(dataset=dataset, data_dir=data_dir),
-            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
+            data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
+            split=split_config(split, split_dir, split_overlap),
             train=TrainConfig(max_epochs=epochs, device=device),
+            eval=EvalConfig(cold_users=cold_users),
             # The local server started below enforces no rate limit, so the client's own limits are lifted
             # (they are not part of any cache key).
             llm=LLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
@@ -273,7 +384,7 @@ def run(
 
     from flows.augment import AugmentFailed
 
-    with expected(DataError, FileNotFoundError, AugmentFailed, LLMServerError):
+    with expected(*RUN_ERRORS, AugmentFailed, LLMServerError):
         result = run_pipeline(config, base_url or None, names, store, out)
     console.print(result["report"], markup=False, highlight=False)
     console.print(f"wrote {out / 'metrics.parquet'}, {out / 'report.md'}, {out / 'report.png'} and {out / 'augment'}/")
