@@ -293,7 +293,7 @@ def check_given_split(split: Split, paths: dict[str, Path]) -> None:
                         "never trained, so evaluation leaves them out unless cold_users='keep'), e.g. user %d "
                         "[file %s]", cold.size, users.size, part, int(cold[0]), paths[part])
         if cold.size == users.size:
-            detail = "has no pairs" if users.size == 0 else f"has only cold users ({cold.size})"
+            detail = ("has no pairs" if users.size == 0 else
+                      f"has only cold users ({cold.size}): no user of it has a training interaction")
             use = "early stopping monitors valid" if part == "valid" else "the final evaluation reads test"
-            raise DataError(f"the {part} split {detail}: no user of it has a training interaction, and {use}",
-                            path=paths[part])
+            raise DataError(f"the {part} split {detail}, and {use}", path=paths[part])
