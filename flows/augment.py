@@ -23,10 +23,19 @@ from recsys.config import AugmentRunConfig, default_store_dir
 from recsys.llm.batch import BatchAPIError
 from storage.ledger import store_ledger_root
 from storage.store import ArtifactStore
-from tasks.augment import BatchFailed, augment_batch, batch_ref, close_run, collect_stage, plan_batches
+from tasks.augment import (
+    BatchFailed,
+    augment_batch,
+    batch_ref,
+    close_run,
+    collect_stage,
+    plan_batches,
+    require_item_text,
+)
 from tasks.batch_api import prepare_batch_job, submit_batch_job, wait_batch_job
 from tasks.common import bind
 from tasks.cost import Budget
+from tasks.data import load_data
 from tasks.estimate import estimate_stage
 from tasks.ratelimit import check_rate_limit
 
@@ -146,12 +155,19 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
     _check_runner(config, logger)
     check_rate_limit(config.llm.prefect_rate_limit)  # before any work: a missing limit must not start the run
     root = str(store_root or default_store_dir())
+    if config.augment.stages:  # before training and before any LLM call: items without text cannot be asked about
+        require_item_text(ArtifactStore(root), bind(load_data, root)(root, config.data))
     refs = base_flow(config=config.base(), store_root=root)["refs"]  # the base model and its candidates
     budget = Budget(config.augment.max_cost_usd, str(store_ledger_root(root)), str(flow_run.id))
     batches, rows, failures, problems = {}, {}, [], []  # per stage: batch refs, rows written; failures; problems
+    not_asked = 0
     for stage in config.augment.stages:
-        ids = bind(plan_batches, root)(root, stage, refs["dataset"], refs["split"], refs["candidates"],
-                                       config.augment)
+        ids, skipped = bind(plan_batches, root)(root, stage, refs["dataset"], refs["split"], refs["candidates"],
+                                                config.augment)
+        if len(skipped):
+            logger.warning("%s: %d %s not asked (listed in augment_failures), e.g. %d: %s", stage, len(skipped),
+                           "items" if stage == "attributes" else "users", skipped["key"].iat[0],
+                           skipped["reason"].iat[0])
         jobs = None
         if config.augment.mode == "batch":
             try:
@@ -161,9 +177,10 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
                 continue
         batches[stage], failed, not_started = run_stage(root, stage, ids, refs, config, budget, jobs)
         rows[stage], fails = collect_stage(root, stage, batches[stage], out_dir)
-        failures.append(fails)
-        logger.info("%s: %d answered, %d failed, %d of %d batches failed, %d not started",
-                    stage, rows[stage], len(fails), len(failed), len(ids), not_started)
+        failures += [fails, skipped]
+        not_asked += len(skipped)
+        logger.info("%s: %d answered, %d failed, %d not asked, %d of %d batches failed, %d not started",
+                    stage, rows[stage], len(fails), len(skipped), len(failed), len(ids), not_started)
         problems += stage_problems(stage, failed, len(fails), not_started, len(ids), budget)
         if not_started:
             break
@@ -175,8 +192,8 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
                                                                     strict=True)))
     if problems:
         raise AugmentFailed("; ".join(problems) + f". Spent ${spent:.6f} in this run. Re-run to retry.")
-    return {"refs": refs, "rows": rows, "failed": len(all_failures), "cost_usd": spent, "ledger": budget.ledger_root,
-            "batches": batches, "positions": positions}
+    return {"refs": refs, "rows": rows, "failed": len(all_failures) - not_asked, "not_asked": not_asked,
+            "cost_usd": spent, "ledger": budget.ledger_root, "batches": batches, "positions": positions}
 
 
 def edge_positions(root: str, edge_refs: list[str], n_candidates: int) -> pd.DataFrame | None:
@@ -205,8 +222,8 @@ def estimate_flow(config: AugmentRunConfig | None = None, store_root: str | None
     ledger_root = str(store_ledger_root(root))
     rows = []
     for stage in config.augment.stages:
-        batches = bind(plan_batches, root)(root, stage, refs["dataset"], refs["split"], refs["candidates"],
-                                           config.augment)
+        batches, _ = bind(plan_batches, root)(root, stage, refs["dataset"], refs["split"], refs["candidates"],
+                                              config.augment)
         rows.append(estimate_stage(root, stage, [i for b in batches for i in b], refs, config.llm, config.augment,
                                    ledger_root))
     return rows

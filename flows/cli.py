@@ -1,11 +1,18 @@
 """The `llmrec` command line. `base`, `augment`, `run` and `tune` run the Prefect flows of the same names (`tune` is
 `run` with trials); `ablate` runs `run` with every variant; `cost` and `rerun` operate on the ledger and a Prefect
-server."""
+server.
+
+An expected failure (bad input, an unreachable Prefect server or endpoint, a failed augmentation) ends the command
+with one `error:` line and exit code 2, and Prefect's console log leaves out its traceback; `llmrec --debug ...`
+shows the tracebacks.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +39,7 @@ from recsys.config import (
     CandidateConfig,
     DataConfig,
     EmbedConfig,
+    EvalConfig,
     LLMConfig,
     ModelConfig,
     PromptTokens,
@@ -42,9 +50,38 @@ from recsys.config import (
     TuneConfig,
 )
 from recsys.data.errors import DataError
+from recsys.train.errors import DeviceUnavailable
+
+# What a run of a flow may fail with that the user can fix: one line and exit code 2, never a traceback.
+RUN_ERRORS: tuple[type[Exception], ...] = (DataError, FileNotFoundError, FloatingPointError, DeviceUnavailable)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="LLM-augmented graph recommendation.")
 console = Console()
+
+# Prefect settings for the command line, each unless the environment sets it, applied before Prefect is imported
+# (it reads its settings then). A flow run without PREFECT_API_URL starts a temporary API server first and gives
+# up when it does not answer in time: Prefect's 20 s are too few on a busy machine. Telemetry is off: offline, every
+# attempt to send it logs an ERROR with a traceback.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
+EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+API_UNREACHABLE = "Failed to reach API at"
+USE_A_SERVER = ("run one Prefect server for all runs instead: `prefect server start` in another terminal, then "
+                "`export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+debug_mode = {"on": False}  # set by --debug
+
+
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an expected failure (bad "
+                                                              "input, an unreachable server) instead of one line.")
+            ) -> None:
+    """LLM-augmented graph recommendation."""
+    debug_mode["on"] = debug
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 # Options shared by several commands, declared once.
@@ -66,12 +103,6 @@ MaxTrainPerUser = Annotated[int | None, typer.Option(min=1, help="Sparse-data pr
                                                                  "else a seeded random choice); valid and test are "
                                                                  "untouched.")]
 
-
-def split_config(split_dir: Path | None, max_train_per_user: int | None, seed: int = 2020) -> SplitConfig:
-    """The split the --split-dir / --max-train-per-user options ask for (random with `seed` when no folder)."""
-    if split_dir:
-        return SplitConfig(method="dir", split_dir=split_dir, max_train_per_user=max_train_per_user)
-    return SplitConfig(seed=seed, max_train_per_user=max_train_per_user)
 Mode = Annotated[Literal["normal", "batch"], typer.Option(help="normal: one request per prompt; batch: OpenAI's "
                                                               "Batch API (half the price, results within 24 h).")]
 BatchFollowup = Annotated[Literal["batch", "normal"], typer.Option(help="Batch mode: invalid or failed items go "
@@ -94,6 +125,15 @@ CandidateOrder = Annotated[Literal["shuffled", "base"], typer.Option(help="List 
                                                                           "seeded shuffled order, or best first.")]
 MaxPromptTokens = Annotated[int, typer.Option(min=1, help="Most prompt tokens per request (every stage); longer "
                                                           "histories are cut, longer prompts not sent.")]
+Items = Annotated[Path | None, typer.Option(help="Item text table (Parquet/CSV: item_id, title[, year, genres, "
+                                                 "description]) for a user-supplied dataset; the LLM needs titles.")]
+SplitMethod = Annotated[Literal["random", "temporal", "loo"] | None, typer.Option(
+    "--split", help="How to split the interactions: random (per user 80/10/10, default), temporal (by timestamp) or "
+                    "loo (leave-one-out: last item to test, the one before to valid; for users with few items).")]
+SplitOverlap = Annotated[Literal["error", "drop"], typer.Option(
+    help="A (user, item) pair in two parts of --split-dir: error, or drop it from the later part.")]
+ColdUsers = Annotated[Literal["exclude", "keep"], typer.Option(
+    help="Users in valid/test without a training interaction: exclude them from the metrics, or keep them.")]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -101,13 +141,64 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def prefect_unreachable(exc: BaseException) -> str | None:
+    """What to do when Prefect's API cannot be reached (its RuntimeError says which case), or None."""
+    text = str(exc)
+    if text.startswith(EPHEMERAL_TIMEOUT):
+        wait = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+        return (f"the temporary Prefect server did not answer within {wait} s (a busy machine starts it slowly): "
+                f"raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or {USE_A_SERVER}")
+    if text.startswith(API_UNREACHABLE):
+        return (f"{text.rstrip('.')}: no Prefect server answers at PREFECT_API_URL; start it (`prefect server "
+                "start`) or unset PREFECT_API_URL so that each run starts a temporary one")
+    return None
+
+
+class _DropExpectedTracebacks(logging.Filter):
+    """Leaves out of Prefect's console log the records that carry the traceback of an expected error (the task or
+    flow run "failed with exception" lines): the command prints that error as one line."""
+
+    def __init__(self, errors: tuple[type[BaseException], ...]) -> None:
+        super().__init__()
+        self.errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], self.errors))
+
+
 @contextmanager
 def expected(*errors: type[Exception]) -> Iterator[None]:
-    """Turn these errors into one line on the console and exit code 2 (no traceback)."""
+    """Turn these errors (and Prefect's unreachable-API errors) into one line on the console and exit code 2, with
+    their tracebacks left out of Prefect's console log; with --debug they are raised as they are."""
+    if debug_mode["on"]:
+        yield
+        return
+    consoles = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    quiet = _DropExpectedTracebacks(errors)
+    for handler in consoles:
+        handler.addFilter(quiet)
     try:
         yield
     except errors as e:
         raise _fail(str(e)) from None
+    except RuntimeError as e:
+        advice = prefect_unreachable(e)
+        if advice is None:
+            raise
+        raise _fail(advice) from None
+    finally:
+        for handler in consoles:
+            handler.removeFilter(quiet)
+
+
+def split_config(method: str | None, split_dir: Path | None, overlap: str, max_train_per_user: int | None = None,
+                 seed: int = 2020) -> SplitConfig:
+    """The split the --split / --split-dir / --split-overlap / --max-train-per-user options ask for."""
+    if split_dir is not None:
+        if method is not None:
+            raise _fail("--split and --split-dir exclude each other: --split-dir is a split already made")
+        return SplitConfig(method="dir", split_dir=split_dir, overlap=overlap, max_train_per_user=max_train_per_user)
+    return SplitConfig(method=method or "random", seed=seed, overlap=overlap, max_train_per_user=max_train_per_user)
 
 
 def endpoint_fields(max_in_flight: int, timeout: float, structured_outputs: str) -> dict[str, Any]:
@@ -185,9 +276,12 @@ def base(
     model: BaseModel = "lightgcn",
     dataset: Dataset = "ml-100k",
     data_dir: DataDir = None,
-    items: Path | None = typer.Option(None, help="Item text table (Parquet/CSV) for a user-supplied dataset."),
+    items: Items = None,
+    split: SplitMethod = None,
     split_dir: SplitDir = None,
     max_train_per_user: MaxTrainPerUser = None,
+    split_overlap: SplitOverlap = "error",
+    cold_users: ColdUsers = "exclude",
     out: Path = typer.Option(Path("runs/base"), help="Output folder for metrics.json and candidates.parquet."),
     seed: int = typer.Option(2020, help="Training seed."),
     split_seed: int = typer.Option(2020, help="Seed of the random split (ignored with --split-dir)."),
@@ -200,15 +294,16 @@ def base(
     with expected(ValueError):
         config = BaseRunConfig(
             data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
-            split=split_config(split_dir, max_train_per_user, split_seed),
+            split=split_config(split, split_dir, split_overlap, max_train_per_user, split_seed),
             model=ModelConfig(name=model),
             train=TrainConfig(max_epochs=epochs, seed=seed, device=device),
+            eval=EvalConfig(cold_users=cold_users),
             candidates=CandidateConfig(n_candidates=candidates),
         )
 
     from flows.base import base_flow  # deferred: importing Prefect costs seconds, --help should not
 
-    with expected(DataError, FileNotFoundError):
+    with expected(*RUN_ERRORS):
         result = base_flow(config=config, store_root=str(store) if store else None, out_dir=str(out))
     console.print(metrics_table(result["metrics"]))
     console.print(f"wrote {out / 'metrics.json'} and {out / 'candidates.parquet'}")
@@ -222,7 +317,11 @@ def augment(
     stages: str = typer.Option("edges,profiles,attributes", help="Comma-separated: edges, profiles, attributes."),
     dataset: Dataset = "ml-100k",
     data_dir: DataDir = None,
+    items: Items = None,
+    split: SplitMethod = None,
     split_dir: SplitDir = None,
+    split_overlap: SplitOverlap = "error",
+    cold_users: ColdUsers = "exclude",
     base_model: BaseModel = "lightgcn",
     epochs: Epochs = 1000,
     out: Path = typer.Option(Path("runs/augment"), help="Output folder."),
@@ -254,10 +353,11 @@ def augment(
     """
     with expected(ValueError):
         config = AugmentRunConfig(
-            data=DataConfig(dataset=dataset, data_dir=data_dir),
-            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
+            data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
+            split=split_config(split, split_dir, split_overlap),
             model=ModelConfig(name=base_model),
             train=TrainConfig(max_epochs=epochs),
+            eval=EvalConfig(cold_users=cold_users),
             llm=LLMConfig(model=model, base_url=base_url, rpm=rpm or None, tpm=tpm or None, price_table=price_table,
                           prefect_rate_limit=prefect_rate_limit,
                           **endpoint_fields(max_in_flight, timeout, structured_outputs)),
@@ -272,13 +372,14 @@ def augment(
     from tasks.ratelimit import RateLimitUnusable
 
     if estimate:
-        with expected(DataError, FileNotFoundError):
+        with expected(*RUN_ERRORS):
             print_estimate(estimate_flow(config=config, store_root=str(store) if store else None), config.llm.model)
         return
-    with expected(DataError, FileNotFoundError, AugmentFailed, RateLimitUnusable):
+    with expected(*RUN_ERRORS, AugmentFailed, RateLimitUnusable):
         result = run_augment(config=config, store_root=str(store) if store else None, out_dir=str(out))
     print_positions(result["positions"])
-    console.print(f"rows: {result['rows']}; failed items: {result['failed']}; cost ${result['cost_usd']:.6f}")
+    console.print(f"rows: {result['rows']}; failed items: {result['failed']}; not asked (no text, too few "
+                  f"candidates): {result['not_asked']}; cost ${result['cost_usd']:.6f}")
     console.print(f"wrote {out}/*.parquet (this run's ledger rows: {out}/ledger.parquet); all runs' ledger: "
                   f"{result['ledger']}")
 
@@ -338,9 +439,10 @@ def local_llm_server() -> Iterator[str]:
 
 
 # Options of `run` that set part of the configuration: with --config, the file's configuration holds them.
-CONFIG_OPTIONS = ("model", "dataset", "data_dir", "split_dir", "max_train_per_user", "epochs", "device",
-                  "embed_backend", "max_cost_usd", "mode", "batch_followup", "sample_users", "sample_items",
-                  "max_in_flight", "timeout", "structured_outputs", "candidate_order", "max_prompt_tokens")
+CONFIG_OPTIONS = ("model", "dataset", "data_dir", "items", "split", "split_dir", "split_overlap", "max_train_per_user",
+                  "cold_users", "epochs", "device", "embed_backend", "max_cost_usd", "mode", "batch_followup",
+                  "sample_users", "sample_items", "max_in_flight", "timeout", "structured_outputs", "candidate_order",
+                  "max_prompt_tokens")
 
 
 @app.command()
@@ -353,8 +455,12 @@ def run(
                                                 f"{LOCAL_MODEL} with the local server)."),
     dataset: Dataset = "ml-100k",
     data_dir: DataDir = None,
+    items: Items = None,
+    split: SplitMethod = None,
     split_dir: SplitDir = None,
     max_train_per_user: MaxTrainPerUser = None,
+    split_overlap: SplitOverlap = "error",
+    cold_users: ColdUsers = "exclude",
     seeds: int = typer.Option(len(RunConfig().seeds), min=1, help="Training seeds per model (2020, 2021, ...); the "
                                                                   "verdict's paired t-test pairs them."),
     epochs: Epochs = 1000,
@@ -395,9 +501,10 @@ def run(
             config = config_from_file(ctx, config_file, seeds)
         else:
             config = RunConfig(
-                data=DataConfig(dataset=dataset, data_dir=data_dir),
-                split=split_config(split_dir, max_train_per_user),
+                data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
+                split=split_config(split, split_dir, split_overlap, max_train_per_user),
                 train=TrainConfig(max_epochs=epochs, device=device),
+                eval=EvalConfig(cold_users=cold_users),
                 # The local server started below enforces no rate limit, so the client's own limits are lifted
                 # (they are not part of any cache key).
                 llm=LLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
@@ -416,12 +523,12 @@ def run(
     from recsys.tune.study import TuningFailed
 
     if estimate:
-        with expected(DataError, FileNotFoundError):
+        with expected(*RUN_ERRORS):
             print_estimate(estimate_flow(config=config.augment_run(), store_root=str(store) if store else None),
                            config.llm.model)
         return
 
-    with expected(DataError, FileNotFoundError, AugmentFailed, LLMServerError, TuningFailed):
+    with expected(*RUN_ERRORS, AugmentFailed, LLMServerError, TuningFailed):
         result = run_pipeline(config, base_url or None, names, store, out, tune)
     console.print(result["report"], markup=False, highlight=False)
     console.print(f"wrote {out / 'metrics.parquet'}, {out / 'report.md'}, {out / 'report.png'} and {out / 'augment'}/"

@@ -63,6 +63,9 @@ class SplitConfig(_Config):
     # datasets have about 5 training interactions per user (paper Table 1: Netflix 68,933 edges / 13,187 users;
     # MovieLens 57,960 / 12,495); ML-100K's reference split has about 86. None keeps every training interaction.
     max_train_per_user: int | None = Field(None, ge=1)
+    # A (user, item) pair in two parts of a given split: "error" stops naming both files and the count; "drop"
+    # removes it from the later part (valid after train, test after both) and says how many it dropped.
+    overlap: Literal["error", "drop"] = "error"
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -140,6 +143,9 @@ class EvalConfig(_Config):
 
     ks: tuple[int, ...] = (10, 20, 50)  # LLMRec paper reports R/N/P @ 10, 20, 50
     batch_users: int = Field(1024, gt=0)
+    # Users in valid or test without a training interaction ("cold"): their embedding was never trained, so
+    # "exclude" leaves them out of the metrics (their count is in metrics.json); "keep" ranks for them too.
+    cold_users: Literal["exclude", "keep"] = "exclude"
 
 
 class CandidateConfig(_Config):

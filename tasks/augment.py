@@ -32,17 +32,23 @@ from recsys.augment.prompts import (
     Messages,
     UserContext,
     build_user_contexts,
+    edges_skip_reason,
+    item_skip_reason,
     item_texts,
+    profile_skip_reason,
+    sanitize,
 )
 from recsys.augment.runner import (
     ChatClient,
     ItemOutcome,
     attributes_frame,
     edges_frame,
+    failed,
     failures_frame,
     profiles_frame,
 )
 from recsys.config import AugmentConfig, LLMConfig
+from recsys.data.errors import DataError
 from recsys.llm.batch import DeferredChat, merge_results, read_results
 from recsys.llm.client import LLMClient, UsageEvent
 from recsys.llm.tokens import count_message_tokens, model_encoding
@@ -200,26 +206,43 @@ def sample_ids(ids: list[int], n: int | None, seed: int) -> list[int]:
                                                                       replace=False))
 
 
+def require_item_text(store: ArtifactStore, dataset_ref: str) -> None:
+    """Stop before the first LLM call when no item of the dataset has text: every prompt would show bare ids, and
+    every answer would be invented. A DataError says how many items lack text and how to pass them."""
+    items = store.read_table(dataset_ref, "items")
+    missing = int(items["title"].map(sanitize).eq("").sum())
+    if missing == len(items):
+        info = store.read_json(dataset_ref, "info")
+        raise DataError(f"{missing} of {len(items)} items of dataset {info['name']!r} have no text (no title), so the "
+                        "LLM would see item ids only; pass an item table with --items FILE (Parquet or CSV with "
+                        "item_id, title[, year, genres, description]) to `llmrec augment` or `llmrec run`, or put "
+                        "items.csv beside interactions.csv", path=info.get("source"))
+
+
 @task(name="plan-batches")
 def plan_batches(store_root: str, stage: str, dataset_ref: str, split_ref: str, candidates_ref: str,
-                 augment: AugmentConfig) -> list[list[int]]:
-    """Users with training data (and, for edges, at least two candidates) or all items, in fixed-size batches;
-    for a trial, a seeded sample of `sample_users` users or `sample_items` items (the same users in every stage)."""
+                 augment: AugmentConfig) -> tuple[list[list[int]], pd.DataFrame]:
+    """Users with training data or all items, in fixed-size batches, and the users or items that cannot be asked
+    at all (recsys/augment/prompts.py: `*_skip_reason`), as failure rows with the reason, asked 0 times: they go to
+    augment_failures and never to the model. For a trial, a seeded sample of `sample_users` users or
+    `sample_items` items first (the same users in every stage)."""
     store = ArtifactStore(store_root)
     if stage == "attributes":
         ids = sorted(int(i) for i in store.read_table(dataset_ref, "items")["item_id"])
-        ids = sample_ids(ids, augment.sample_items, augment.sample_seed)
+        items = _item_inputs(store, sample_ids(ids, augment.sample_items, augment.sample_seed), dataset_ref)
+        reasons = {i.item_id: item_skip_reason(i) for i in items}
         size = augment.items_per_batch
     else:
         split, _ = read_split(store, split_ref)
-        ids = sorted(int(u) for u in split.train["user_id"].unique())
-        ids = sample_ids(ids, augment.sample_users, augment.sample_seed)
-        if stage == "edges":  # a pick of liked and disliked needs two candidates; others cannot be asked at all
-            cands = store.read_table(candidates_ref, "candidates")
-            per_user = cands.groupby("user_id").size()
-            ids = [u for u in ids if per_user.get(u, 0) >= 2]
+        users = sorted(int(u) for u in split.train["user_id"].unique())
+        users = sample_ids(users, augment.sample_users, augment.sample_seed)
+        reason_of = edges_skip_reason if stage == "edges" else profile_skip_reason
+        contexts = _user_inputs(store, users, dataset_ref, split_ref, candidates_ref, augment)
+        reasons = {c.user_id: reason_of(c) for c in contexts}
         size = augment.users_per_batch
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+    ids = [k for k, why in reasons.items() if why is None]
+    skipped = failures_frame([failed(k, f"not asked: {why}") for k, why in reasons.items() if why is not None], stage)
+    return [ids[i:i + size] for i in range(0, len(ids), size)], skipped
 
 
 @task(name="collect-stage", cache_policy=NO_CACHE)

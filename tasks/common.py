@@ -27,10 +27,10 @@ STAGE_VERSIONS: dict[str, str] = {
     "dataset": "1",
     "split": "1",
     "train": "1",
-    "evaluate": "3",  # 2: metrics gain ndcg_official; 3: per-user test metrics (per_user_test)
-    "candidates": "1",
+    "evaluate": "4",  # 2: metrics gain ndcg_official; 3: per-user test metrics; 4: cold users left out, counted
+    "candidates": "2",  # 2: users without a training interaction get no candidates
     "llmrec": "1",
-    "llmrec-evaluate": "3",  # as "evaluate"
+    "llmrec-evaluate": "4",  # as "evaluate"
 }
 
 RefOf = Callable[[Mapping[str, Any]], ArtifactRef]
@@ -89,6 +89,7 @@ def read_split(store: ArtifactStore, split_ref: str) -> tuple[Split, IdMap]:
 
 
 def read_dense_split(store: ArtifactStore, split_ref: str) -> tuple[DenseSplit, IdMap]:
-    """The dense-id split (for torch) and its id map from a `split` artifact."""
+    """The dense-id split (for torch) and its id map from a `split` artifact; messages about its users name the
+    stored train table."""
     split, ids = read_split(store, split_ref)
-    return DenseSplit.from_split(split, ids), ids
+    return DenseSplit.from_split(split, ids, source=str(store.path_of(split_ref, "train"))), ids

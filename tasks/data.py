@@ -69,7 +69,7 @@ def load_data(store_root: str, data: DataConfig) -> str:
         w.table("items", ds.items)
         if ds.users is not None:
             w.table("users", ds.users)
-        w.json("info", {"name": ds.name})
+        w.json("info", {"name": ds.name, "source": ds.source})  # source: where it was first read from
     get_run_logger().info(
         "dataset %s: %d interactions, %d users, %d items",
         ds.name, len(ds.interactions), ds.interactions["user_id"].nunique(), len(ds.items),
@@ -81,11 +81,13 @@ def read_dataset(store: ArtifactStore, dataset_ref: str) -> Dataset:
     """The Dataset held by a `dataset` artifact."""
     names = store.manifest(dataset_ref)["artifacts"]
     users = store.read_table(dataset_ref, "users") if "users" in names else None
+    info = store.read_json(dataset_ref, "info")
     return Dataset(
-        name=store.read_json(dataset_ref, "info")["name"],
+        name=info["name"],
         interactions=store.read_table(dataset_ref, "interactions"),
         items=store.read_table(dataset_ref, "items"),
         users=users,
+        source=info.get("source"),
     )
 
 

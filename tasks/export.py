@@ -12,8 +12,10 @@ from storage.atomic import write_json
 from storage.store import ArtifactStore, export_file
 
 
-def metrics_document(fit: dict[str, Any], metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """The `metrics.json` shape automation depends on: model, best_epoch, seconds_per_epoch, valid, test."""
+def metrics_document(fit: dict[str, Any], metrics: dict[str, dict[str, float]],
+                     users: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """The `metrics.json` shape automation depends on: model, best_epoch, seconds_per_epoch, valid, test, and per
+    part the users evaluated and the cold users (no training interaction) left out."""
     return {
         "model": fit["model"],
         "best_epoch": fit["best_epoch"],
@@ -22,6 +24,7 @@ def metrics_document(fit: dict[str, Any], metrics: dict[str, dict[str, float]]) 
         "device": fit["device"],
         "valid": metrics["valid"],
         "test": metrics["test"],
+        "users": users,
     }
 
 
@@ -30,7 +33,8 @@ def export_base(store_root: str, refs: dict[str, str], config: BaseRunConfig, ou
     """Write metrics.json, candidates.parquet, history.parquet and config.json into `out_dir` atomically."""
     store = ArtifactStore(store_root)
     out = Path(out_dir).expanduser()
-    doc = metrics_document(store.read_json(refs["train"], "fit"), store.read_json(refs["evaluate"], "metrics"))
+    doc = metrics_document(store.read_json(refs["train"], "fit"), store.read_json(refs["evaluate"], "metrics"),
+                           store.read_json(refs["evaluate"], "users"))
     export_file(store.path_of(refs["candidates"], "candidates"), out / "candidates.parquet")
     export_file(store.path_of(refs["train"], "history"), out / "history.parquet")
     write_json(out / "config.json", {"config": config.model_dump(mode="json"), "artifacts": refs,

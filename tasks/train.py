@@ -13,6 +13,7 @@ from prefect.states import Cancelled, State
 
 from recsys.config import EvalConfig, ModelConfig, TrainConfig
 from recsys.data.dataset import DenseSplit, IdMap
+from recsys.data.degenerate import warn_skipped
 from recsys.eval.metrics import user_means
 from recsys.eval.ranking import RankingEvaluator
 from recsys.models.base import Recommender
@@ -90,17 +91,27 @@ def load_trained(store: ArtifactStore, train_ref: str, model: ModelConfig, data:
 
 def store_metrics(store: ArtifactStore, ref: ArtifactRef, params: dict[str, Any], net: Recommender,
                   data: DenseSplit, ids: IdMap, eval: EvalConfig) -> None:
-    """Write full-ranking metrics on VALID (train masked) and TEST (train and valid masked) as `metrics` (means
-    over users), and each test user's metrics as the table `per_user_test` (raw user_id, one column per metric@k)."""
-    metrics, per_user = {}, {}
-    for part in ("valid", "test"):
-        evaluator = RankingEvaluator(data, part, eval.ks, eval.batch_users)
-        per_user = evaluator.per_user(net)
-        metrics[part] = user_means(per_user)
+    """Write full-ranking metrics on VALID (train masked) and TEST (train and valid masked) as `metrics` (means over
+    users), each test user's metrics as the table `per_user_test` (raw user_id, one column per metric@k), and per
+    part how many users were evaluated and how many cold users (no train item) were left out or kept as `users`."""
+    logger = get_run_logger()
+    evaluators = {part: RankingEvaluator(data, part, eval.ks, eval.batch_users, eval.cold_users)
+                  for part in ("valid", "test")}
+    per_user = {part: evaluator.per_user(net) for part, evaluator in evaluators.items()}
+    metrics = {part: user_means(values) for part, values in per_user.items()}
+    users = {part: {"evaluated": int(e.users.size), "cold": int(e.cold_users.size),
+                    "cold_excluded": int(e.cold_users.size) if eval.cold_users == "exclude" else 0}
+             for part, e in evaluators.items()}
+    if eval.cold_users == "exclude":
+        for part, e in evaluators.items():
+            warn_skipped("evaluation", data.raw_users(e.cold_users), f"from the {part} metrics: no training "
+                         "interaction (cold users; cold_users='keep' ranks for them too)", data.source, logger)
+    test_users = ids.user_ids[evaluators["test"].users]
     with store.write(ref.stage, ref.key, params) as w:
         w.json("metrics", metrics)
-        w.table("per_user_test", pd.DataFrame({"user_id": ids.user_ids[evaluator.users], **per_user}))
-    get_run_logger().info("%s: test %s", ref.stage, _fmt(metrics["test"]))
+        w.json("users", users)
+        w.table("per_user_test", pd.DataFrame({"user_id": test_users, **per_user["test"]}))
+    logger.info("%s: test %s", ref.stage, _fmt(metrics["test"]))
 
 
 @stage_task("evaluate", name="evaluate")

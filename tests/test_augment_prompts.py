@@ -43,11 +43,12 @@ def _cands(rows: list[tuple[int, int, int]]) -> pd.DataFrame:
 def test_contexts_hold_training_history_in_row_order_and_clean_candidates() -> None:
     train = pd.DataFrame({"user_id": [1, 2, 1, 1], "item_id": [12, 13, 10, 11]})
     cands = _cands([(1, 2, 22), (1, 0, 20), (1, 1, 10), (1, 3, -1), (1, 4, 21), (2, 0, 20)])
-    items = _items([10, 11, 12, 13, 20, 21, 22])
+    items = _items([-1, 10, 11, 12, 13, 20, 21, 22])
     u1, u2, u3 = build_user_contexts(train, items, cands, [1, 2, 3], None)
     assert [i.item_id for i in u1.history] == [12, 10, 11]
-    # rank order; the padding id -1 and the training item 10 are never offered
-    assert [i.item_id for i in u1.candidates] == [20, 22, 21]
+    # rank order; the training item 10 is never offered, the negative raw id -1 is an item like any other
+    # (candidate tables hold no padding)
+    assert [i.item_id for i in u1.candidates] == [20, 22, -1, 21]
     assert u1.train_item_ids == {10, 11, 12}
     assert [i.item_id for i in u2.history] == [13] and [i.item_id for i in u2.candidates] == [20]
     assert (u3.user_id, u3.history, u3.candidates) == (3, [], [])

@@ -9,8 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from recsys.augment.parse import validate_attributes
-from recsys.augment.prompts import ATTRIBUTES_VERSION, ItemText, Messages, attributes_messages
-from recsys.augment.runner import ChatClient, ItemOutcome, ask_until_valid, check_run_args, run_parallel, too_long
+from recsys.augment.prompts import ATTRIBUTES_VERSION, ItemText, Messages, attributes_messages, item_skip_reason
+from recsys.augment.runner import (
+    ChatClient,
+    ItemOutcome,
+    ask_until_valid,
+    check_run_args,
+    failed,
+    run_parallel,
+    too_long,
+)
 from recsys.llm.tokens import count_message_tokens
 
 
@@ -51,13 +59,16 @@ def augment_attributes(
 
     Items go up to `items_per_request` to a request (`request_groups`: fewer when the prompt would pass
     `max_prompt_tokens`); requests run concurrently on `max_workers` threads. `asks` counts the requests that
-    included the item. An item whose prompt alone is too long fails without a call.
+    included the item. An item without text (`item_skip_reason`) or whose prompt alone is too long fails without a
+    call.
     """
     check_run_args([i.item_id for i in items], max_reasks, max_workers)
     if items_per_request < 1:
         raise ValueError(f"items_per_request must be >= 1, got {items_per_request}")
     by_id = {item.item_id: item for item in items}
-    groups, too_big = request_groups(items, items_per_request, max_prompt_tokens, count)
+    skipped = {i.item_id: failed(i.item_id, reason) for i in items if (reason := item_skip_reason(i)) is not None}
+    asked = [i for i in items if i.item_id not in skipped]
+    groups, too_big = request_groups(asked, items_per_request, max_prompt_tokens, count)
 
     def ask(ids: list[int]) -> list[ItemOutcome]:
         return ask_until_valid(client, ids, lambda keys: attributes_messages([by_id[k] for k in keys]),
@@ -65,7 +76,7 @@ def augment_attributes(
                                template_version=ATTRIBUTES_VERSION, max_reasks=max_reasks, tags=tags,
                                fits=None if max_prompt_tokens is None else lambda m: count(m) <= max_prompt_tokens)
 
-    done = {o.key: o for group in run_parallel(ask, groups, max_workers) for o in group}
+    done = {o.key: o for group in run_parallel(ask, groups, max_workers) for o in group} | skipped
     assert max_prompt_tokens is not None or not too_big
     done |= {key: too_long(key, tokens, max_prompt_tokens or 0, "this item alone") for key, tokens in too_big}
     return [done[item.item_id] for item in items]

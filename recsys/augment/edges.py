@@ -6,7 +6,14 @@ import dataclasses
 from collections.abc import Callable
 
 from recsys.augment.parse import validate_edges
-from recsys.augment.prompts import EDGES_VERSION, Messages, UserContext, edges_messages, fit_history
+from recsys.augment.prompts import (
+    EDGES_VERSION,
+    Messages,
+    UserContext,
+    edges_messages,
+    edges_skip_reason,
+    fit_history,
+)
 from recsys.augment.runner import (
     ChatClient,
     ItemOutcome,
@@ -32,21 +39,18 @@ def augment_edges(
     """One outcome per user, in input order; value {"pos_item_id", "neg_item_id"} (raw item ids) and {"pos_rank",
     "neg_rank"} (their positions in the base model's candidate order).
 
-    Users without training history or with fewer than two candidates fail without a call (the official script
-    would still have asked, with an empty history). With `max_prompt_tokens`, the history is cut until the prompt
-    fits (`prompts.fit_history`, counted by `count`); a prompt that does not fit with one history item is not
-    sent and fails with that reason.
+    Users without training history (with text) or with fewer than two candidates fail without a call
+    (`edges_skip_reason`; the official script would still have asked, with an empty history). With
+    `max_prompt_tokens`, the history is cut until the prompt fits (`prompts.fit_history`, counted by `count`); a
+    prompt that does not fit with one history item is not sent and fails with that reason.
     """
     check_run_args([u.user_id for u in users], max_reasks, max_workers)
     budget = max_prompt_tokens
 
     def one(ctx: UserContext) -> ItemOutcome:
-        if not ctx.candidates:
-            return failed(ctx.user_id, "no candidates")
-        if len(ctx.candidates) < 2:
-            return failed(ctx.user_id, "fewer than 2 candidates: liked and disliked must differ")
-        if not ctx.history:
-            return failed(ctx.user_id, "no training history")
+        reason = edges_skip_reason(ctx)
+        if reason is not None:
+            return failed(ctx.user_id, reason)
         if budget is not None:
             ctx, tokens = fit_history(ctx, edges_messages, budget, count)
             if tokens > budget:

@@ -6,7 +6,14 @@ import dataclasses
 from collections.abc import Callable
 
 from recsys.augment.parse import validate_profile
-from recsys.augment.prompts import PROFILES_VERSION, Messages, UserContext, fit_history, profile_messages
+from recsys.augment.prompts import (
+    PROFILES_VERSION,
+    Messages,
+    UserContext,
+    fit_history,
+    profile_messages,
+    profile_skip_reason,
+)
 from recsys.augment.runner import (
     ChatClient,
     ItemOutcome,
@@ -31,15 +38,17 @@ def augment_profiles(
 ) -> list[ItemOutcome]:
     """One outcome per user, in input order; value = the validated profile fields (see parse.validate_profile).
 
-    A user without training history fails without a call: a profile of nothing would be pure invention. With
-    `max_prompt_tokens`, the history is cut until the prompt fits, as for edges (`augment_edges`).
+    A user without training history (with text) fails without a call (`profile_skip_reason`): a profile of nothing
+    would be pure invention. With `max_prompt_tokens`, the history is cut until the prompt fits, as for edges
+    (`augment_edges`).
     """
     check_run_args([u.user_id for u in users], max_reasks, max_workers)
     budget = max_prompt_tokens
 
     def one(ctx: UserContext) -> ItemOutcome:
-        if not ctx.history:
-            return failed(ctx.user_id, "no training history")
+        reason = profile_skip_reason(ctx)
+        if reason is not None:
+            return failed(ctx.user_id, reason)
         if budget is not None:
             ctx, tokens = fit_history(ctx, profile_messages, budget, count)
             if tokens > budget:

@@ -6,7 +6,9 @@ put both in one user message and ask for `pos::neg` / `director::country::langua
 that is part of every response-cache key: change the wording, bump the version.
 
 Only TRAINING interactions reach a prompt (`build_user_contexts` is never given valid/test data), and every text
-field is sanitised first, so an item title cannot add prompt lines or fake `[i]` candidate markers.
+field is sanitised first, so an item title cannot add prompt lines or fake `[i]` candidate markers. An item
+without text (no title) never reaches a prompt: it would be a line of 'unknown's the model can only invent from.
+`*_skip_reason` say why a user or item cannot be asked at all (recsys/data/degenerate.py).
 """
 
 from __future__ import annotations
@@ -116,6 +118,37 @@ def sanitize(text: object) -> str:
     return s.translate(_BRACKETS).strip()[:MAX_FIELD_CHARS].strip()
 
 
+def has_text(item: ItemText) -> bool:
+    """Whether the item has a title to show (after sanitising)."""
+    return bool(sanitize(item.title))
+
+
+NO_TEXT = "no item text: the item has no title (pass an item table with --items)"
+
+
+def item_skip_reason(item: ItemText) -> str | None:
+    """Why an item cannot be asked about (attributes stage), or None."""
+    return None if has_text(item) else NO_TEXT
+
+
+def profile_skip_reason(ctx: UserContext) -> str | None:
+    """Why a user cannot be profiled, or None: a profile of nothing would be pure invention."""
+    if ctx.history:
+        return None
+    if ctx.train_item_ids:
+        return f"no training item with text (none of the {len(ctx.train_item_ids)} has a title)"
+    return "no training history"
+
+
+def edges_skip_reason(ctx: UserContext) -> str | None:
+    """Why a user cannot be asked for a liked and a disliked candidate, or None."""
+    if not ctx.candidates:
+        return "no candidates"
+    if len(ctx.candidates) < 2:
+        return "fewer than 2 candidates: liked and disliked must differ"
+    return profile_skip_reason(ctx)
+
+
 def _genres_text(genres: str) -> str:
     parts = [sanitize(g) for g in re.split(r"[|,]", genres or "")]
     return ", ".join(p for p in parts if p) or MISSING_TEXT
@@ -211,12 +244,13 @@ def build_user_contexts(
     """One UserContext per user id (in the given order) from TRAINING interactions only.
 
     train: (user_id, item_id[, timestamp, rating]) in train-row order; a repeated item keeps its last position.
-    History = the user's training items in that order; with `max_history`, only the first `max_history` of them
-    in keep order (`UserContext.keep`: most recent by timestamp, else highest rated, else latest row) are shown
-    (None: all, as the official code).
-    candidates: (user_id, rank, item_id, score); padding ids (< 0) and training items are dropped; listed best
+    History = the user's training items with text in that order; with `max_history`, only the first `max_history`
+    of them in keep order (`UserContext.keep`: most recent by timestamp, else highest rated, else latest row) are
+    shown (None: all, as the official code).
+    candidates: (user_id, rank, item_id, score); training items and items without text are dropped; listed best
     first, or in `shuffled_order(user, k, shuffle_seed)` when `shuffle_seed` is given. A user with no candidates
-    gets an empty list; a user with no training rows gets an empty history.
+    gets an empty list; a user with no training rows gets an empty history. Raw ids may be any int64 (negative
+    ones too).
     """
     if max_history is not None and max_history < 1:
         raise ValueError(f"max_history must be >= 1 or None, got {max_history}")
@@ -226,25 +260,27 @@ def build_user_contexts(
     rows = train.loc[train["user_id"].isin(wanted), columns]
     rows = rows.drop_duplicates(["user_id", "item_id"], keep="last")
     cands = candidates.loc[candidates["user_id"].isin(wanted) & candidates["item_id"].notna()]
-    cands = cands.loc[cands["item_id"] >= 0, ["user_id", "rank", "item_id"]].astype("int64")
+    cands = cands[["user_id", "rank", "item_id"]].astype("int64")
     cands = cands.sort_values(["user_id", "rank"], kind="stable")
     history_of = {int(u): g for u, g in rows.groupby("user_id", sort=False)}
     cands_of = {int(u): g["item_id"].tolist() for u, g in cands.groupby("user_id", sort=False)}
     texts = item_texts(items, [*rows["item_id"].astype("int64").tolist(), *cands["item_id"].tolist()])
+    texts = {i: t for i, t in texts.items() if has_text(t)}
 
     contexts = []
     for user in users:
         own = history_of.get(user, rows.iloc[:0])
         full = own["item_id"].astype("int64").tolist()
         seen = set(full)
+        own = own[own["item_id"].astype("int64").isin(list(texts))]  # the history shows items with text only
         # Candidates from our base model never contain training items; the official candidates could, and the
         # official prompt could only ask the model to avoid them. Here they are never offered.
-        offered = list(dict.fromkeys(i for i in cands_of.get(user, []) if i not in seen))
+        offered = list(dict.fromkeys(i for i in cands_of.get(user, []) if i not in seen and i in texts))
         order = tuple(range(len(offered))) if shuffle_seed is None else shuffled_order(user, len(offered),
                                                                                         shuffle_seed)
         ctx = UserContext(
             user_id=user,
-            history=[texts[i] for i in full],
+            history=[texts[i] for i in own["item_id"].astype("int64")],
             candidates=[texts[offered[i]] for i in order],
             train_item_ids=frozenset(full),
             order=order,

@@ -25,12 +25,14 @@ class Dataset:
     interactions: user_id int64, item_id int64, rating float64 (NaN when absent), timestamp Int64 (nullable).
     items: item_id int64, title str, year Int64 (nullable), genres str ('|'-joined, may be ''), description str.
     users: user_id int64 plus any side columns, or None.
+    source: the file or folder the interactions were read from (for messages), or None.
     """
 
     name: str
     interactions: pd.DataFrame
     items: pd.DataFrame
     users: pd.DataFrame | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,19 +100,31 @@ class IdMap:
 
 @dataclass(frozen=True)
 class DenseSplit:
-    """Dense-id (user, item) pairs for training and evaluation; arrays of shape [n, 2], int64."""
+    """Dense-id (user, item) pairs for training and evaluation; arrays of shape [n, 2], int64.
+
+    `user_ids` (raw id of each dense user, as IdMap.user_ids) and `source` (the file the pairs were read from) are
+    only for messages that must name a user and a file; None when unknown.
+    """
 
     n_users: int
     n_items: int
     train: np.ndarray
     valid: np.ndarray
     test: np.ndarray
+    user_ids: np.ndarray | None = None
+    source: str | None = None
 
     @classmethod
-    def from_split(cls, split: Split, ids: IdMap) -> DenseSplit:
+    def from_split(cls, split: Split, ids: IdMap, source: str | None = None) -> DenseSplit:
         def dense(df: pd.DataFrame) -> np.ndarray:
             u = ids.users_to_dense(df["user_id"].to_numpy())
             i = ids.items_to_dense(df["item_id"].to_numpy())
             return np.stack([u, i], axis=1) if len(df) else np.zeros((0, 2), np.int64)
 
-        return cls(ids.n_users, ids.n_items, dense(split.train), dense(split.valid), dense(split.test))
+        return cls(ids.n_users, ids.n_items, dense(split.train), dense(split.valid), dense(split.test),
+                   user_ids=ids.user_ids, source=source)
+
+    def raw_users(self, dense: np.ndarray) -> np.ndarray:
+        """The raw ids of dense user ids (the dense ids themselves when the raw ones are unknown)."""
+        dense = np.asarray(dense, dtype=np.int64)
+        return self.user_ids[dense] if self.user_ids is not None else dense

@@ -16,6 +16,7 @@ from recsys.data.dataset import INTERACTION_COLUMNS, PAIR_COLUMNS, Dataset, Spli
 from recsys.data.errors import DataError
 from recsys.data.tabular import drop_duplicate_pairs, empty_items, require_file
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Split part -> accepted file names, first preferred ("val.json" is what LLMRec ships).
 JSON_FILES = {"train": ("train.json",), "valid": ("val.json", "valid.json"), "test": ("test.json",)}
 
@@ -27,10 +28,17 @@ def _part_path(folder: Path, part: str) -> Path:
     return require_file(folder / JSON_FILES[part][0], f"LLMRec {part} split")  # raises, naming the file
 
 
+def json_split_files(folder: Path) -> dict[str, Path]:
+    """The file each split part is read from (DataError naming a missing one)."""
+    return {part: _part_path(Path(folder), part) for part in JSON_FILES}
+
+
 def _parse_user(key: str, path: Path) -> int:
     text = key.strip()
     if not text.lstrip("-").isdigit():
         raise DataError(f"user key {key!r} is not an integer id", path=path, column="user_id")
+    if not INT64_MIN <= int(text) <= INT64_MAX:
+        raise DataError(f"user key {key!r} is outside the int64 range of ids", path=path, column="user_id")
     return int(text)
 
 
@@ -57,6 +65,10 @@ def read_json_part(path: Path) -> pd.DataFrame:
         if bad:
             raise DataError(f"user {key!r}: item ids must be integers, got {bad[0]!r}", path=path,
                             column="item_id")
+        huge = [v for v in value if not INT64_MIN <= v <= INT64_MAX]
+        if huge:
+            raise DataError(f"user {key!r}: item id {huge[0]} is outside the int64 range of ids", path=path,
+                            column="item_id")
         users.extend([user] * len(value))
         items.extend(value)
     pairs = pd.DataFrame({"user_id": np.asarray(users, dtype=np.int64), "item_id": np.asarray(items, dtype=np.int64)})
@@ -68,7 +80,7 @@ def load_llmrec_json(folder: Path) -> tuple[Dataset, Split]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("LLMRec data folder does not exist", path=folder)
-    paths = {part: _part_path(folder, part) for part in JSON_FILES}
+    paths = json_split_files(folder)
     parts = {part: read_json_part(path) for part, path in paths.items()}
     if len(parts["train"]) == 0:
         raise DataError("train split has no interactions", path=paths["train"])

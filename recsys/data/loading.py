@@ -9,6 +9,7 @@ or a local MovieLens folder (u.data ... / ratings.dat ...).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,14 @@ from recsys.data.download import ensure_movielens
 from recsys.data.errors import DataError
 from recsys.data.llmrec_json import JSON_FILES, load_llmrec_json
 from recsys.data.movielens import load_ml1m, load_ml100k
-from recsys.data.split import cap_train, load_split_dir, split_files, split_interactions
+from recsys.data.split import (
+    cap_train,
+    check_given_split,
+    check_held_out,
+    load_split_dir,
+    split_files,
+    split_interactions,
+)
 from recsys.data.tabular import load_item_table, load_tabular, load_tabular_dir, merge_items
 
 MOVIELENS_LOADERS: dict[str, Callable[[Path], Dataset]] = {"ml-100k": load_ml100k, "ml-1m": load_ml1m}
@@ -68,13 +76,15 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.dataset in MOVIELENS_LOADERS:
         folder = ensure_movielens(cfg.dataset, cfg.resolved_data_dir())  # type: ignore[arg-type]
         ds = MOVIELENS_LOADERS[cfg.dataset](folder)
+        source = folder
     else:
-        ds = _load_path(Path(cfg.dataset).expanduser())
+        source = Path(cfg.dataset).expanduser()
+        ds = _load_path(source)
     if cfg.items_path is not None:
         ds = with_item_table(ds, Path(cfg.items_path))
     if cfg.min_rating is not None:
         ds = filter_min_rating(ds, cfg.min_rating)
-    return ds
+    return replace(ds, source=str(source))
 
 
 def _split_paths(folder: Path) -> dict[str, Path]:
@@ -107,15 +117,22 @@ def check_split_ids(split: Split, ds: Dataset, paths: dict[str, Path]) -> None:
 
 
 def make_split(ds: Dataset, cfg: SplitConfig) -> Split:
-    """Split `ds` as `cfg` says; method "dir" reads the split files and checks their ids against `ds`. With
-    `cfg.max_train_per_user`, each user's training pairs are then capped (`cap_train`, the sparse-data protocol)."""
+    """Split `ds` as `cfg` says; method "dir" reads the split files and checks their ids against `ds`.
+
+    Either way the split is checked before anything trains on it: no pair in two parts (or dropped, `cfg.overlap`),
+    cold users of a given split named, users too sparse for a computed split named, and a DataError when valid or
+    test has no user to evaluate (recsys/data/degenerate.py). With `cfg.max_train_per_user`, each user's training
+    pairs are then capped (`cap_train`, the sparse-data protocol).
+    """
     if cfg.method == "dir":
         assert cfg.split_dir is not None  # SplitConfig enforces this
         folder = Path(cfg.split_dir).expanduser()
-        split = load_split_dir(folder)
+        split = load_split_dir(folder, overlap=cfg.overlap)
         check_split_ids(split, ds, _split_paths(folder))
+        check_given_split(split, _split_paths(folder))
     else:
         split = split_interactions(ds.interactions, cfg)
+        check_held_out(split, ds.interactions, cfg, ds.source)
     if cfg.max_train_per_user is not None:
         stamps = ds.interactions if "timestamp" in ds.interactions else None
         split = cap_train(split, cfg.max_train_per_user, seed=cfg.seed, timestamps=stamps)

@@ -10,6 +10,7 @@ test (the last ones). Only the ordering differs between methods:
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ import pandas as pd
 
 from recsys.config import SplitConfig
 from recsys.data.dataset import PAIR_COLUMNS, Split
+from recsys.data.degenerate import warn_skipped
 from recsys.data.errors import DataError
-from recsys.data.llmrec_json import load_llmrec_json
+from recsys.data.llmrec_json import json_split_files, load_llmrec_json
 from recsys.data.tabular import (
     check_columns,
     drop_duplicate_pairs,
@@ -221,25 +223,40 @@ def read_split_part(path: Path, part: str) -> pd.DataFrame:
     return drop_duplicate_pairs(out, path)
 
 
-def _warn_overlap(split: Split, files: dict[str, Path]) -> None:
-    """One warning per pair of parts sharing (user, item) pairs: evaluation would reward memorising train."""
-    keys = {name: pd.MultiIndex.from_frame(df[list(PAIR_COLUMNS)]) for name, df in split.parts().items()}
+def resolve_overlap(split: Split, files: dict[str, Path], policy: str = "error") -> Split:
+    """The split with no (user, item) pair in two parts, or a DataError naming both files and the number of shared
+    pairs (`policy` "error"). A pair in train and valid masks the valid item as a "known" one and a pair in valid
+    and test masks the test item the same way, so a shared pair is never a harmless duplicate: with `policy`
+    "drop" it is removed from the later part (valid after train; test after train and valid) with one warning
+    per pair of parts saying how many."""
+    parts = dict(split.parts())
     for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
-        shared = keys[a].intersection(keys[b])
-        if len(shared):
-            log.warning("%s and %s share %d (user_id, item_id) pair(s), e.g. %s", files[a], files[b],
-                        len(shared), shared[0])
+        key_b = pd.MultiIndex.from_frame(parts[b][list(PAIR_COLUMNS)])
+        shared = key_b.isin(pd.MultiIndex.from_frame(parts[a][list(PAIR_COLUMNS)]))
+        if not shared.any():
+            continue
+        user, item = (int(v) for v in key_b[int(np.flatnonzero(shared)[0])])
+        if policy != "drop":
+            raise DataError(f"{files[a]} and {files[b]} share {int(shared.sum())} (user_id, item_id) pair(s), e.g. "
+                            f"user {user} item {item}; a pair may be in one part only. Remove them, or drop them "
+                            f"from {files[b].name} with split option overlap='drop' (--split-overlap drop)",
+                            path=files[b])
+        log.warning("%s and %s share %d (user_id, item_id) pair(s), e.g. user %d item %d; dropped them from %s",
+                    files[a], files[b], int(shared.sum()), user, item, files[b].name)
+        parts[b] = parts[b].loc[~shared].reset_index(drop=True)
+    return Split(**parts)
 
 
-def load_split_dir(folder: Path) -> Split:
+def load_split_dir(folder: Path, overlap: str = "error") -> Split:
     """Read a stored split: train / valid / test as Parquet (preferred) or CSV with columns user_id, item_id.
 
     A folder in the LLMRec JSON format (train.json, val.json, test.json) is read too. train must have rows;
-    an empty valid or test file is allowed with a warning.
+    an empty valid or test file is allowed with a warning. Pairs in two parts are an error, or dropped from the
+    later part with `overlap` "drop" (`resolve_overlap`).
     """
     folder = Path(folder)
     if (folder / "train.json").is_file():
-        return load_llmrec_json(folder)[1]
+        return resolve_overlap(load_llmrec_json(folder)[1], json_split_files(folder), overlap)
     files = split_files(folder)
     parts = {part: read_split_part(path, part) for part, path in files.items()}
     if len(parts["train"]) == 0:
@@ -247,6 +264,63 @@ def load_split_dir(folder: Path) -> Split:
     for part in ("valid", "test"):
         if len(parts[part]) == 0:
             log.warning("%s: the %s split has no rows; metrics on it will be empty", files[part], part)
-    split = Split(**parts)
-    _warn_overlap(split, files)
-    return split
+    return resolve_overlap(Split(**parts), files, overlap)
+
+
+# ------------------------------------------------------------------------------------------- users held out
+
+
+def min_interactions(cfg: SplitConfig) -> int | None:
+    """The fewest interactions a user needs for `cfg`'s method to hold one out in valid and in test (None: no
+    number does, a ratio being 0). random / temporal keep floor(ratio n) per part; leave-one-out needs 3."""
+    if cfg.method == "loo":
+        return 3
+    ratios = (cfg.valid_ratio, cfg.test_ratio)
+    if min(ratios) <= 0:
+        return None
+    return max(math.ceil((1.0 - 1e-9) / r) for r in ratios)  # the epsilon matches _per_user_counts
+
+
+def check_held_out(split: Split, interactions: pd.DataFrame, cfg: SplitConfig, source: str | None) -> None:
+    """After a random / temporal / loo split: users too sparse to hold an item out stay in train only, with one
+    warning; when valid or test is left empty, a DataError naming the file, how many users are too sparse and the
+    split that fits."""
+    counts = interactions.drop_duplicates(list(PAIR_COLUMNS)).groupby("user_id").size()
+    need = min_interactions(cfg)
+    held = np.intersect1d(split.valid["user_id"].to_numpy(), split.test["user_id"].to_numpy())
+    sparse = counts[~counts.index.isin(held)]
+    empty = [part for part in ("valid", "test") if len(getattr(split, part)) == 0]
+    what = (f"fewer than {need} interactions, too few for the {cfg.method} split to hold one out"
+            if need is not None else f"nothing held out: the {cfg.method} split has valid_ratio {cfg.valid_ratio} "
+                                     f"and test_ratio {cfg.test_ratio}")
+    if not empty:
+        warn_skipped("split", sparse.index.to_numpy(), f"from valid or test ({what}; they are not evaluated)",
+                     source)
+        return
+    loo_fits = int((counts >= 3).sum())
+    if cfg.method != "loo" and loo_fits:
+        fits = (f"the split that fits: --split loo (leave-one-out: the last item to test, the one before to valid; "
+                f"{loo_fits} of {len(counts)} users have the 3 interactions it needs)")
+    else:
+        fits = "no split fits: leave-one-out needs 3 interactions per user and no user has them"
+    raise DataError(f"{len(sparse)} of {len(counts)} users have {what} ({counts.min()} to {counts.max()} "
+                    f"interactions each), so {' and '.join(empty)} would be empty; {fits}", path=source)
+
+
+def check_given_split(split: Split, paths: dict[str, Path]) -> None:
+    """A given split (files): users of valid or test without a training interaction (cold users) are named in one
+    warning per part (evaluation leaves them out, EvalConfig.cold_users); a part with no user that has one is a
+    DataError (nothing to validate or to test)."""
+    train_users = split.train["user_id"].unique()
+    for part in ("valid", "test"):
+        users = getattr(split, part)["user_id"].unique()
+        cold = np.setdiff1d(users, train_users)
+        if cold.size:
+            log.warning("split: %d of %d user(s) in %s have no training interaction (cold users: their embedding is "
+                        "never trained, so evaluation leaves them out unless cold_users='keep'), e.g. user %d "
+                        "[file %s]", cold.size, users.size, part, int(cold[0]), paths[part])
+        if cold.size == users.size:
+            detail = ("has no pairs" if users.size == 0 else
+                      f"has only cold users ({cold.size}): no user of it has a training interaction")
+            use = "early stopping monitors valid" if part == "valid" else "the final evaluation reads test"
+            raise DataError(f"the {part} split {detail}, and {use}", path=paths[part])

@@ -25,6 +25,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 INTERACTIONS_STEM = "interactions"
 ITEMS_STEM = "items"
 
+INT64_MAX = 2**63 - 1
 _TITLE_YEAR = re.compile(r"\((\d{4})\)\s*$")
 
 
@@ -143,19 +144,41 @@ def to_int_ids(values: pd.Series, path: Path, column: str) -> np.ndarray:
     if pd.api.types.is_bool_dtype(values):
         raise DataError(f"{column} must be an integer id, got boolean {_show(values.iloc[0])}", path=path,
                         column=column, row=1)
-    if pd.api.types.is_integer_dtype(values):
-        return values.to_numpy(dtype=np.int64)
-    if pd.api.types.is_float_dtype(values):
-        numeric = values.to_numpy(dtype=np.float64)
+    if not pd.api.types.is_integer_dtype(values) and not pd.api.types.is_float_dtype(values):
+        # Text or mixed objects: anything that does not parse as a number is reported with its raw value; text
+        # that is all integers stays integer (exact, also above 2^53).
+        parsed = pd.to_numeric(values, errors="coerce")
+        values, raw = (parsed if pd.api.types.is_integer_dtype(parsed) else values), values
     else:
-        # Text or mixed objects: anything that does not parse as a number is reported with its raw value.
-        numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        raw = values
+    if pd.api.types.is_integer_dtype(values):
+        if pd.api.types.is_unsigned_integer_dtype(values):
+            over = (values.to_numpy(dtype=np.uint64) > np.uint64(INT64_MAX))
+            if over.any():
+                row = _first_row(over)
+                raise DataError(f"{column} must be an id in the int64 range (-2^63 .. 2^63-1); row {row + 1} has "
+                                f"{_show(raw.iloc[row])}", path=path, column=column, row=row + 1)
+        return values.to_numpy(dtype=np.int64)
+    numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     with np.errstate(invalid="ignore"):
-        bad = ~np.isfinite(numeric) | (numeric != np.floor(numeric)) | (np.abs(numeric) >= 2.0**63)
+        bad = ~np.isfinite(numeric) | (numeric != np.floor(numeric))
     if bad.any():
         row = _first_row(bad)
-        raise DataError(f"{column} must be an integer id; row {row + 1} has {_show(values.iloc[row])}",
+        raise DataError(f"{column} must be an integer id; row {row + 1} has {_show(raw.iloc[row])}",
                         path=path, column=column, row=row + 1)
+    outside = np.abs(numeric) >= 2.0**63
+    if outside.any():
+        row = _first_row(outside)
+        raise DataError(f"{column} must be an id in the int64 range (-2^63 .. 2^63-1); row {row + 1} has "
+                        f"{_show(raw.iloc[row])}", path=path, column=column, row=row + 1)
+    # A float holds every integer only below 2^53: a larger id read as a float (a column with a fraction or an
+    # empty cell elsewhere) may already be another id.
+    inexact = np.abs(numeric) >= 2.0**53
+    if inexact.any():
+        row = _first_row(inexact)
+        raise DataError(f"{column} {_show(raw.iloc[row])} in row {row + 1} is 2^53 or more and was read as a "
+                        f"floating-point number, which cannot hold it exactly; write the {column} column as "
+                        f"integers only", path=path, column=column, row=row + 1)
     return numeric.astype(np.int64)
 
 

@@ -1,9 +1,10 @@
 """Full-ranking evaluation: score every item for every user, mask already-known items, take the top K.
 
 For "valid" the user's train items are masked; for "test" the train and valid items. Users without a relevant
-item in the evaluated split are skipped. Per-split work that does not depend on the model (which users, which
-items to mask, which are relevant) is done once in `RankingEvaluator`, so the training loop can evaluate every
-epoch for the price of one matmul and one top-k per user batch.
+item in the evaluated split are skipped, and so, by default, are cold users (a relevant item but no train item:
+their embedding was never trained; recsys/data/degenerate.py). Per-split work that does not depend on the model
+(which users, which items to mask, which are relevant) is done once in `RankingEvaluator`, so the training loop
+can evaluate every epoch for the price of one matmul and one top-k per user batch.
 """
 
 from __future__ import annotations
@@ -74,9 +75,14 @@ class _Batch:
 
 
 class RankingEvaluator:
-    """Reusable full-ranking evaluation of one split; call it with a model to get {"ndcg@10": ..., ...}."""
+    """Reusable full-ranking evaluation of one split; call it with a model to get {"ndcg@10": ..., ...}.
 
-    def __init__(self, data: DenseSplit, split: SplitName, ks: Sequence[int], batch_users: int = 1024) -> None:
+    `users` are the evaluated dense users; `cold_users` the users with a relevant item but no train item, left out
+    of `users` unless `cold_users="keep"`.
+    """
+
+    def __init__(self, data: DenseSplit, split: SplitName, ks: Sequence[int], batch_users: int = 1024,
+                 cold_users: Literal["exclude", "keep"] = "exclude") -> None:
         if not ks or min(ks) < 1:
             raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
         self.split = split
@@ -86,7 +92,10 @@ class RankingEvaluator:
         target = data.valid if split == "valid" else data.test
         seen = InteractionIndex(data.n_users, *known_items(data, split))
         relevant = InteractionIndex(data.n_users, target)
-        self.users = np.flatnonzero(relevant.counts(np.arange(data.n_users)) > 0)
+        users = np.flatnonzero(relevant.counts(np.arange(data.n_users)) > 0)
+        trained = np.bincount(np.asarray(data.train, dtype=np.int64).reshape(-1, 2)[:, 0], minlength=data.n_users) > 0
+        self.cold_users = users[~trained[users]]
+        self.users = users if cold_users == "keep" else users[trained[users]]
         self.n_relevant = relevant.counts(self.users)
         self._batches: list[_Batch] = []
         for start in range(0, self.users.size, batch_users):
@@ -138,7 +147,9 @@ class RankingEvaluator:
 
 
 def evaluate(
-    model: Recommender, data: DenseSplit, split: SplitName, ks: Sequence[int], batch_users: int = 1024
+    model: Recommender, data: DenseSplit, split: SplitName, ks: Sequence[int], batch_users: int = 1024,
+    cold_users: Literal["exclude", "keep"] = "exclude",
 ) -> dict[str, float]:
-    """Mean recall/ndcg/precision/hit at each K over users with relevant items in `split`, ranking ALL items."""
-    return RankingEvaluator(data, split, ks, batch_users)(model)
+    """Mean recall/ndcg/precision/hit at each K over users with relevant items in `split` (and train items, unless
+    `cold_users="keep"`), ranking ALL items."""
+    return RankingEvaluator(data, split, ks, batch_users, cold_users)(model)

@@ -27,7 +27,7 @@ class NegativeSampler:
         self._keys = np.unique(train[:, 0] * self.n_items + train[:, 1])
         # A user who has interacted with every item has no negative to draw; fail early instead of looping forever.
         distinct = np.bincount(self._keys // self.n_items, minlength=self.n_users)
-        self._full_users = np.flatnonzero(distinct >= self.n_items)
+        self.full_users = np.flatnonzero(distinct >= self.n_items)  # users with no negative item, ascending
         self._dense: np.ndarray | None = None
         if self.n_users * self.n_items <= dense_lookup_max:  # O(1) per lookup instead of a binary search
             self._dense = np.zeros(self.n_users * self.n_items, dtype=bool)
@@ -46,7 +46,7 @@ class NegativeSampler:
     def sample(self, users: np.ndarray, n_negatives: int, rng: np.random.Generator) -> np.ndarray:
         """Negatives of shape [len(users), n_negatives] (int64), drawn uniformly from items the user lacks in train."""
         users = np.asarray(users, dtype=np.int64)
-        if self._full_users.size and np.isin(users, self._full_users).any():
+        if self.full_users.size and np.isin(users, self.full_users).any():
             raise ValueError("a user has interacted with every item in train; no negative item can be sampled")
         rows = np.repeat(users, n_negatives)
         neg = rng.integers(0, self.n_items, size=rows.size, dtype=np.int64)

@@ -16,8 +16,11 @@ import torch
 
 from recsys.config import EvalConfig, TrainConfig
 from recsys.data.dataset import DenseSplit
+from recsys.data.degenerate import warn_skipped
+from recsys.data.errors import DataError
 from recsys.eval.ranking import RankingEvaluator
 from recsys.models.base import Recommender
+from recsys.train.errors import DeviceUnavailable
 from recsys.train.sampling import NegativeSampler, epoch_triplets
 
 
@@ -74,7 +77,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU")
+        raise DeviceUnavailable("device 'cuda' requested but torch sees no CUDA GPU; use --device cpu or auto")
     return torch.device(device)
 
 
@@ -152,18 +155,37 @@ def _prepare(model: Recommender, data: DenseSplit, train_cfg: TrainConfig, eval_
     train = _check_pairs(data.train, data, "train")
     _check_pairs(data.valid, data, "valid")
     if len(train) == 0:
-        raise ValueError("no train pairs")
+        raise DataError("no train pairs", path=data.source)
+    sampler = NegativeSampler(train, data.n_users, data.n_items)
+    train = without_unsampleable(train, sampler, data)
     _, _, k = train_cfg.monitor.partition("@")
-    evaluator = RankingEvaluator(data, "valid", tuple(sorted(set(eval_cfg.ks) | {int(k)})), eval_cfg.batch_users)
+    evaluator = RankingEvaluator(data, "valid", tuple(sorted(set(eval_cfg.ks) | {int(k)})), eval_cfg.batch_users,
+                                 cold_users=eval_cfg.cold_users)
     if evaluator.users.size == 0:
-        raise ValueError("no user has a valid item; early stopping needs a validation split")
+        raise DataError("no user has a valid item and a training item; early stopping needs a validation split",
+                        path=data.source)
     if train_cfg.lr is None or train_cfg.reg_weight is None:
         raise ValueError("lr and reg_weight are unset: pass TrainConfig.tuned_for(model_name) or set them")
     opt_cls = torch.optim.AdamW if train_cfg.optimizer == "adamw" else torch.optim.Adam
     # The fused kernel updates each table in one pass (about 2x faster per step on CPU than the default loop).
     optimizer = opt_cls(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
                         fused=device.type in ("cpu", "cuda"))
-    return train, evaluator, NegativeSampler(train, data.n_users, data.n_items), optimizer
+    return train, evaluator, sampler, optimizer
+
+
+def without_unsampleable(train: np.ndarray, sampler: NegativeSampler, data: DenseSplit) -> np.ndarray:
+    """The train pairs of users that have a negative item: a user whose training items are the whole catalogue has
+    none, so BPR cannot contrast anything for them; their pairs are left out with one warning
+    (recsys/data/degenerate.py), and a DataError when no pair is left."""
+    if sampler.full_users.size == 0:
+        return train
+    warn_skipped("sampling", data.raw_users(sampler.full_users),
+                 "from BPR sampling: every item is one of their training items, so no negative exists", data.source)
+    kept = train[~np.isin(train[:, 0], sampler.full_users)]
+    if len(kept) == 0:
+        raise DataError("no user has an item outside their training items, so BPR has no negative to sample",
+                        path=data.source)
+    return kept
 
 
 def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, train: np.ndarray, sampler: NegativeSampler,
