@@ -1,9 +1,10 @@
 """The local OpenAI-compatible HTTP server: /v1/models, /v1/chat/completions, /v1/embeddings, plus /admin/*.
 
-This server is not a language model. It answers the project's three augmentation prompts with transparent,
-deterministic heuristics (llmsim/heuristics.py) and embeds text with a small local sentence-embedding model, so
-that the whole pipeline (client, retries, rate limits, caching, parsing) runs and is tested offline over real
-HTTP. Faults (rate limits, errors, hangs, malformed answers, dropped connections) are injected on demand.
+This server is not a language model. It answers the project's prompts (LLMRec's three augmentations,
+llmsim/heuristics.py; Llama4Rec's ranking and pairwise prompts, llmsim/ranking.py) with transparent, deterministic
+heuristics and embeds text with a small local sentence-embedding model, so that the whole pipeline (client,
+retries, rate limits, caching, parsing) runs and is tested offline over real HTTP. Faults (rate limits, errors,
+hangs, malformed answers, dropped connections) are injected on demand.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
-from llmsim import MODEL_ID
+from llmsim import MODEL_ID, ranking
 from llmsim import heuristics as h
 from llmsim.embedder import AsyncEmbedder
 from llmsim.faults import Decision, Fault, FaultConfig, FaultInjector
@@ -267,10 +268,13 @@ def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
         return 3 + sum(3 + count_tokens(h.message_text(m)) for m in messages)
 
 
-async def _answer(prompt: h.Prompt, decision: Decision, embedder: AsyncEmbedder) -> tuple[str, str | None]:
+async def _answer(prompt: h.Prompt | ranking.Prompt, decision: Decision, embedder: AsyncEmbedder
+                  ) -> tuple[str, str | None]:
     """The answer's text and the fault it carries (None: a genuine answer)."""
     if decision.malformed:
         return h.non_json_answer(decision.draw), "malformed"
+    if isinstance(prompt, ranking.RankingPrompt | ranking.PairwisePrompt):
+        return await ranking.answer(prompt, decision, embedder)
     if isinstance(prompt, h.AttributesPrompt):
         return h.attributes_answer(prompt), None
     if isinstance(prompt, h.ProfilePrompt):
@@ -287,7 +291,7 @@ async def chat_completions(body: ChatRequest, request: Request, sim: Sim) -> Res
     sim.stats.start()
     messages = [m.model_dump(exclude_unset=True) for m in body.messages]
     try:
-        prompt = h.parse_prompt(messages)
+        prompt = ranking.parse_prompt(messages) or h.parse_prompt(messages)
     except h.PromptError as exc:
         raise BadRequest(str(exc), "messages") from exc
     decision = sim.injector.decide("\n".join(h.message_text(m) for m in messages), chat=True)

@@ -9,7 +9,8 @@ what is not in the response cache (the failed items).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from recsys.augment.prompts import (
     build_user_contexts,
     item_texts,
 )
-from recsys.augment.runner import attributes_frame, edges_frame, failures_frame, profiles_frame
+from recsys.augment.runner import ItemOutcome, attributes_frame, edges_frame, failures_frame, profiles_frame
 from recsys.config import AugmentConfig, LLMConfig
 from recsys.llm.client import LLMClient, UsageEvent
 from storage.atomic import write_parquet
@@ -92,6 +93,35 @@ def _item_inputs(store: ArtifactStore, ids: list[int], dataset_ref: str) -> list
     return list(item_texts(store.read_table(dataset_ref, "items"), ids).values())
 
 
+@contextmanager
+def batch_client(store_root: str, llm: LLMConfig, ledger_root: str, stage: str, batch: int) -> Iterator[LLMClient]:
+    """The LLM client of one batch task run: the store's response cache, the Prefect rate limit, and a usage sink
+    writing every call to the run's ledger (a part file of its own, `<stage>-<batch>-<unique>`)."""
+    run_id = str(flow_run.id or "no-flow-run")
+    with (
+        LedgerWriter(ledger_root, run_id, f"{stage}-{batch:05d}-{uuid.uuid4().hex[:8]}") as ledger,
+        LLMClient(llm, cache_dir=llm_cache_dir(store_root, llm),
+                  usage_sink=lambda e: ledger.append(_ledger_row(e, run_id)),
+                  before_request=prefect_rate_limit_hook(llm.prefect_rate_limit)) as client,
+    ):
+        yield client
+
+
+def write_batch(store: ArtifactStore, ref: ArtifactRef, params: Mapping[str, Any], stage: str, batch: int,
+                rows: pd.DataFrame, outcomes: list[ItemOutcome]) -> None:
+    """Write a batch's validated `rows` and its failed items (replacing what an earlier attempt wrote); raise
+    `BatchFailed` when an item failed, so that the task run fails and a re-run asks again."""
+    failures = failures_frame(outcomes, stage)
+    with store.write(ref.stage, ref.key, params, replace=True) as w:
+        w.table("rows", rows)
+        w.table("failures", failures)
+        w.json("summary", {"stage": stage, "batch": batch, "items": len(outcomes), "failed": len(failures)})
+    if len(failures):
+        reasons = "; ".join(f"{k}: {r}" for k, r in zip(failures["key"][:3], failures["reason"][:3], strict=False))
+        raise BatchFailed(f"{stage} batch {batch}: {len(failures)} of {len(outcomes)} items failed ({reasons})")
+    get_run_logger().info("%s batch %d: %d items answered", stage, batch, len(outcomes))
+
+
 @stage_task(batch_ref, name="augment-batch", task_run_name="{stage}-batch-{batch}")
 def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], dataset_ref: str, split_ref: str,
                   candidates_ref: str, llm: LLMConfig, augment: AugmentConfig, ledger_root: str) -> str:
@@ -100,15 +130,8 @@ def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], datas
     params = {"stage": stage, "ids": ids, "dataset_ref": dataset_ref, "split_ref": split_ref,
               "candidates_ref": candidates_ref, "llm": llm, "augment": augment}
     ref = batch_ref(params)
-    logger = get_run_logger()
-    run_id = str(flow_run.id or "no-flow-run")
     tags = {"stage": stage, "batch": str(batch)}
-    with (
-        LedgerWriter(ledger_root, run_id, f"{stage}-{batch:05d}-{uuid.uuid4().hex[:8]}") as ledger,
-        LLMClient(llm, cache_dir=llm_cache_dir(store_root, llm),
-                  usage_sink=lambda e: ledger.append(_ledger_row(e, run_id)),
-                  before_request=prefect_rate_limit_hook(llm.prefect_rate_limit)) as client,
-    ):
+    with batch_client(store_root, llm, ledger_root, stage, batch) as client:
         common = {"max_reasks": llm.max_reasks, "max_workers": llm.max_in_flight, "tags": tags}
         if stage == "attributes":
             outcomes = augment_attributes(client, _item_inputs(store, ids, dataset_ref),
@@ -117,15 +140,7 @@ def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], datas
             users = _user_inputs(store, ids, dataset_ref, split_ref, candidates_ref, augment.max_history)
             fn = augment_edges if stage == "edges" else augment_profiles
             outcomes = fn(client, users, **common)
-    failures = failures_frame(outcomes, stage)
-    with store.write(ref.stage, ref.key, params, replace=True) as w:
-        w.table("rows", FRAMES[stage](outcomes, llm.model))
-        w.table("failures", failures)
-        w.json("summary", {"stage": stage, "batch": batch, "items": len(outcomes), "failed": len(failures)})
-    if len(failures):
-        reasons = "; ".join(f"{k}: {r}" for k, r in zip(failures["key"][:3], failures["reason"][:3], strict=False))
-        raise BatchFailed(f"{stage} batch {batch}: {len(failures)} of {len(outcomes)} items failed ({reasons})")
-    logger.info("%s batch %d: %d items answered", stage, batch, len(outcomes))
+    write_batch(store, ref, params, stage, batch, FRAMES[stage](outcomes, llm.model), outcomes)
     return str(ref)
 
 

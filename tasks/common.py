@@ -31,6 +31,11 @@ STAGE_VERSIONS: dict[str, str] = {
     "candidates": "1",
     "llmrec": "1",
     "llmrec-evaluate": "2",  # 2: metrics gain ndcg_official
+    "llama4rec-pairs": "1",
+    "llama4rec-train": "1",
+    "llama4rec-lists": "1",
+    "llama4rec-evaluate": "1",
+    "llama4rec-instructions": "1",
 }
 
 RefOf = Callable[[Mapping[str, Any]], ArtifactRef]

@@ -14,6 +14,7 @@ from recsys.data.dataset import DenseSplit
 from recsys.eval.ranking import evaluate
 from recsys.models.base import Recommender
 from recsys.models.factory import build_model
+from recsys.train.augmented import AugmentedEdges
 from recsys.train.trainer import FitResult, fit, resolve_device
 from storage.store import ArtifactRef, ArtifactStore
 from tasks.common import read_dense_split, stage_ref, stage_task
@@ -32,11 +33,12 @@ def train_model(store_root: str, split_ref: str, model: ModelConfig, train: Trai
 
 
 def fit_and_store(store: ArtifactStore, ref: ArtifactRef, params: dict[str, Any], net: Recommender,
-                  data: DenseSplit, train: TrainConfig, eval: EvalConfig, summary: dict[str, Any]) -> FitResult:
-    """Fit with early stopping on VALID, logging each epoch; store checkpoint, history and fit.json (`summary`
-    first, then the fit's numbers)."""
+                  data: DenseSplit, train: TrainConfig, eval: EvalConfig, summary: dict[str, Any],
+                  augmented: AugmentedEdges | None = None) -> FitResult:
+    """Fit with early stopping on VALID (with `augmented` triplets joining the BPR ones, see `fit`), logging each
+    epoch; store checkpoint, history and fit.json (`summary` first, then the fit's numbers)."""
     logger = get_run_logger()
-    result = fit(net, data, train, eval, on_epoch=lambda r: logger.info("%s", r.describe()))
+    result = fit(net, data, train, eval, on_epoch=lambda r: logger.info("%s", r.describe()), augmented=augmented)
     with store.write(ref.stage, ref.key, params) as w:
         w.tensors("checkpoint", result.best_state)
         w.table("history", pd.DataFrame(result.history))  # one row per epoch: loss, its parts, valid metrics
