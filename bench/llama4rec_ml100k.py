@@ -8,7 +8,8 @@ settings and the cost per stage from the ledger), metrics.parquet, selection.par
 report (<backbone>-report.md, with the LLM's answers). The pairwise answers are shared by both backbones (asked
 once); a repeated command recomputes nothing.
 
-    python bench/llama4rec_ml100k.py --seeds 3 --work /tmp/llama4rec-bench --out bench/results/llama4rec-ml100k
+    LLMREC_DATA_DIR=../shared/data python bench/llama4rec_ml100k.py --seeds 3 --work /tmp/llama4rec-bench \
+        --out bench/results/llama4rec-ml100k
 
 --work holds the artifact store and each flow's own outputs (instructions.jsonl is several MB); --out gets only
 the summary files.
@@ -26,7 +27,7 @@ import pandas as pd
 from flows.llama4rec import llama4rec_flow
 from llmsim import MODEL_ID
 from llmsim.launch import start_llm_server
-from recsys.config import DataConfig, Llama4RecRunConfig, ModelConfig, TrainConfig
+from recsys.config import AugmentConfig, DataConfig, Llama4RecRunConfig, ModelConfig, RankingLLMConfig, TrainConfig
 from recsys.llama4rec.report import cost_markdown, cost_rows, paper_markdown, selection_markdown, table_markdown
 from recsys.llm.pricing import load_price_table
 from storage.ledger import read_ledger
@@ -39,9 +40,8 @@ def run(backbone: str, seeds: int, users_per_batch: int, base_url: str, work: Pa
         data=DataConfig(dataset="ml-100k"),
         model=ModelConfig(name=backbone),
         train=TrainConfig(device="cpu"),
-        llm=Llama4RecRunConfig().llm.model_copy(update={"model": MODEL_ID, "base_url": base_url, "rpm": None,
-                                                        "tpm": None}),
-        augment=Llama4RecRunConfig().augment.model_copy(update={"users_per_batch": users_per_batch}),
+        llm=RankingLLMConfig(model=MODEL_ID, base_url=base_url, rpm=None, tpm=None),
+        augment=AugmentConfig(users_per_batch=users_per_batch),
         seeds=tuple(2020 + i for i in range(seeds)),
     )
     started = time.monotonic()
@@ -83,10 +83,11 @@ def main() -> int:
     costs = cost_rows(ledger)
     lines = [
         "# Llama4Rec on ML-100K against the local server", "",
-        f"Command: `python bench/llama4rec_ml100k.py --seeds {args.seeds} --work WORK --out {args.out}` (from an "
-        f"empty WORK). Leave-one-out split by time, the backbone's top-10 list re-ranked, seeds "
-        f"{', '.join(str(2020 + i) for i in range(args.seeds))}. The LLM is the local server (NOT a language "
-        "model: transparent heuristics, llmsim/ranking.py), so these numbers measure the pipeline, not an LLM. "
+        f"Command: `LLMREC_DATA_DIR=../shared/data python bench/llama4rec_ml100k.py --seeds {args.seeds} --work "
+        f"WORK --out {args.out}` (from an empty WORK). Leave-one-out split by time, the backbone's top-10 list "
+        f"re-ranked, seeds {', '.join(str(2020 + i) for i in range(args.seeds))}. The LLM is the local server "
+        "(NOT a language model: transparent heuristics, llmsim/ranking.py), so these numbers measure the pipeline, "
+        "not an LLM. "
         f"Wall time: {minutes} (a 2-core machine shared with other work); {requests:,} HTTP requests to the "
         "server.", "",
         "## Test: H@K (hit rate) and N@K (NDCG), mean ± std over seeds", "", *table_markdown(frame), "",

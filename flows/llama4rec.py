@@ -83,7 +83,7 @@ class LLMStages:
         first, task = self.next_batch, bind(llm_batch, self.root)
         self.next_batch += len(batches)
         shared = {"dataset_ref": self.refs["dataset"], "split_ref": self.refs["split"], "source_ref": source_ref,
-                  "llm": self.config.llm, "max_history": self.config.augment.max_history, "prompt": prompt,
+                  "llm": self.config.llm, "max_history": self.config.llama4rec.max_history, "prompt": prompt,
                   "split": split}
         failed, not_started = run_batches(
             lambda i: task.submit(self.root, stage, first + i, batches[i], ledger_root=self.budget.ledger_root,
@@ -136,7 +136,7 @@ def _seed_run(stages: LLMStages, seed: int, triplets: list[str]) -> dict[str, An
 def _instructions(config: Llama4RecRunConfig, root: str, refs: dict[str, str], first: dict[str, Any]) -> str:
     return bind(export_instructions, root)(
         root, refs["dataset"], refs["split"], first["trained"]["base"], first["lists"]["base"], config.model,
-        config.candidates.n_candidates, config.augment.max_history, config.llama4rec.pair_seed,
+        config.candidates.n_candidates, config.llama4rec.max_history, config.llama4rec.pair_seed,
         config.train.device)
 
 

@@ -346,6 +346,9 @@ class Llama4RecConfig(_Config):
     aggregation of the two rankings. The backbone's top-k' list is `candidates.n_candidates` long (default 10)."""
 
     ks: tuple[int, ...] = (3, 5)  # [L4R] §5.1: HR@3, HR@5, NDCG@3, NDCG@5
+    # The user's and the similar user's most recent training items in a prompt. [L4R] §5.1 fits a 2,048-token
+    # context and does not say how long a history is: 20 is the project's choice. None: the whole history.
+    max_history: int | None = Field(20, ge=1)
     # Pairs of items the user has not trained on, asked in one prompt per user ([L4R] §4.2 asks one pair per
     # prompt and gives no count; this is the project's choice, one prompt per user for cost).
     pairs_per_user: int = Field(5, ge=0)
@@ -378,17 +381,20 @@ class Llama4RecConfig(_Config):
         return self
 
 
+class RankingLLMConfig(LLMConfig):
+    """The LLM that ranks and compares for Llama4Rec: as LLMConfig, with greedy decoding by default."""
+
+    temperature: float = Field(0.0, ge=0.0, le=2.0)  # [L4R] §5.1: greedy decoding (temperature 0)
+
+
 class Llama4RecRunConfig(AugmentRunConfig):
     """The `llama4rec` flow: the backbone (`model`, MF or LightGCN) on D and on D' = D + the LLM's pairwise
     triplets, the LLM's rankings of the backbones' top-k' lists with and without prompt augmentation, adaptive
-    aggregation, per seed; the instruction file. `augment` gives the batching, the budget and `max_history` (the
-    user's and the similar user's most recent training items in a prompt); its `stages` are not used here."""
+    aggregation, per seed; the instruction file. `augment` gives the batching and the budget (users_per_batch,
+    max_cost_usd, max_batches_in_flight, batch_timeout_s); its other fields are LLMRec's and not used here."""
 
     split: SplitConfig = SplitConfig(method="loo")  # [L4R] §5.1: leave-one-out, last item test, second-last valid
-    # [L4R] §5.1: greedy decoding (temperature 0); top_p is then irrelevant.
-    llm: LLMConfig = LLMConfig(temperature=0.0)
-    # [L4R] §5.1 fits a 2,048-token context; it does not say how long a history is: 20 is the project's choice.
-    augment: AugmentConfig = AugmentConfig(max_history=20)
+    llm: RankingLLMConfig = RankingLLMConfig()
     llama4rec: Llama4RecConfig = Llama4RecConfig()
     seeds: tuple[int, ...] = Field((2020,), min_length=1)  # training seeds of the backbones ([L4R]: 5 runs)
 

@@ -25,6 +25,7 @@ from recsys.config import (
     Llama4RecRunConfig,
     LLMConfig,
     ModelConfig,
+    RankingLLMConfig,
     TrainConfig,
 )
 from recsys.llama4rec.variants import VARIANTS
@@ -50,9 +51,9 @@ def config(dataset: Path, base_url: str) -> Llama4RecRunConfig:
     return Llama4RecRunConfig(
         data=DataConfig(dataset=str(dataset)), model=ModelConfig(name="mf", embedding_dim=8),
         train=TrainConfig(max_epochs=3, device="cpu"), candidates=CandidateConfig(n_candidates=5),
-        llm=LLMConfig(model="llmrec-heuristic", base_url=base_url, rpm=None, tpm=None, temperature=0.0,
-                      backoff_initial_s=0.05, backoff_max_s=1.0, timeout_s=30.0),
-        augment=AugmentConfig(max_history=5, users_per_batch=10), llama4rec=Llama4RecConfig(pairs_per_user=2))
+        llm=RankingLLMConfig(model="llmrec-heuristic", base_url=base_url, rpm=None, tpm=None,
+                             backoff_initial_s=0.05, backoff_max_s=1.0, timeout_s=30.0),
+        augment=AugmentConfig(users_per_batch=10), llama4rec=Llama4RecConfig(pairs_per_user=2, max_history=5))
 
 
 def test_flow_runs_every_variant_and_a_rerun_asks_nothing(tiny_movielens, llm_server, tmp_path) -> None:

@@ -109,7 +109,9 @@ def test_config_keeps_the_metrics_within_the_list() -> None:
         Llama4RecRunConfig(candidates={"n_candidates": 4})
     with pytest.raises(ValueError, match="select_metric"):
         Llama4RecConfig(select_metric="recall@5")
-    assert Llama4RecRunConfig().split.method == "loo" and Llama4RecRunConfig().llm.temperature == 0.0
+    assert Llama4RecRunConfig().split.method == "loo"
+    # Greedy decoding by default, also when a deployment's parameters name only the (fine-tuned) model.
+    assert Llama4RecRunConfig(llm={"model": "ft:gpt-4o-mini:acme::abc"}).llm.temperature == 0.0
 
 
 def test_pairs_avoid_training_items_and_do_not_depend_on_other_users() -> None:
