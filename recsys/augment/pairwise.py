@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationInfo, field_validator
 
 from recsys.augment.parse import _show, _validated, extract_json
 from recsys.augment.prompts import ItemText, Messages, UserContext, item_line
-from recsys.augment.runner import ChatClient, ItemOutcome, ask_until_valid, check_run_args, failed, run_parallel
+from recsys.augment.runner import ChatClient, ItemOutcome, ask_each
 
 PAIRWISE_VERSION = "pairwise-v1"
 
@@ -103,20 +103,15 @@ def augment_pairwise(
 ) -> list[ItemOutcome]:
     """One outcome per user, in input order; value {"triplets"} (see `validate_pairwise`). A user without pairs
     or without training history fails without a call."""
-    check_run_args([c.user.user_id for c in contexts], max_reasks, max_workers)
+    return ask_each(client, contexts, key=lambda c: c.user.user_id, skip=_unaskable, messages=pairwise_messages,
+                    validate=validate_pairwise, template_version=PAIRWISE_VERSION, max_reasks=max_reasks,
+                    max_workers=max_workers, tags=tags)
 
-    def one(ctx: PairContext) -> ItemOutcome:
-        if not ctx.pairs:
-            return failed(ctx.user.user_id, "no pairs")
-        if not ctx.user.history:
-            return failed(ctx.user.user_id, "no training history")
-        (outcome,) = ask_until_valid(client, [ctx.user.user_id], lambda _: pairwise_messages(ctx),
-                                     lambda text, keys: ({keys[0]: validate_pairwise(text, ctx)}, {}),
-                                     template_version=PAIRWISE_VERSION, max_reasks=max_reasks, tags=tags)
-        return outcome
 
-    return run_parallel(one, contexts, max_workers)
-
+def _unaskable(ctx: PairContext) -> str | None:
+    if not ctx.pairs:
+        return "no pairs"
+    return None if ctx.user.history else "no training history"
 
 def pairwise_frame(outcomes: Sequence[ItemOutcome], model: str) -> pd.DataFrame:
     """augmented triplets: user_id, pos_item_id, neg_item_id (int64), model, prompt_hash — one row per answered

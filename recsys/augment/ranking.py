@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationInfo, field_validator
 
 from recsys.augment.parse import _is_int, _show, _validated, extract_json
 from recsys.augment.prompts import ItemText, Messages, UserContext, item_line
-from recsys.augment.runner import ChatClient, ItemOutcome, ask_until_valid, check_run_args, failed, run_parallel
+from recsys.augment.runner import ChatClient, ItemOutcome, ask_each
 
 RANKING_VERSION = "ranking-v1"
 
@@ -145,18 +145,10 @@ def rank_users(
 ) -> list[ItemOutcome]:
     """One outcome per user, in input order; value {"item_ids", "completed"} (see `validate_ranking`). A user
     without candidates fails without a call."""
-    check_run_args([c.user.user_id for c in contexts], max_reasks, max_workers)
-
-    def one(ctx: RankingContext) -> ItemOutcome:
-        if not ctx.user.candidates:
-            return failed(ctx.user.user_id, "no candidates")
-        (outcome,) = ask_until_valid(client, [ctx.user.user_id], lambda _: ranking_messages(ctx),
-                                     lambda text, keys: ({keys[0]: validate_ranking(text, ctx)}, {}),
-                                     template_version=RANKING_VERSION, max_reasks=max_reasks, tags=tags)
-        return outcome
-
-    return run_parallel(one, contexts, max_workers)
-
+    return ask_each(client, contexts, key=lambda c: c.user.user_id,
+                    skip=lambda c: None if c.user.candidates else "no candidates", messages=ranking_messages,
+                    validate=validate_ranking, template_version=RANKING_VERSION, max_reasks=max_reasks,
+                    max_workers=max_workers, tags=tags)
 
 def rankings_frame(outcomes: Sequence[ItemOutcome], model: str) -> pd.DataFrame:
     """rankings: user_id, rank (1 = best), item_id (int64), completed (candidates the answer left out), asks
