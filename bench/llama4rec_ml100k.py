@@ -12,7 +12,8 @@ once); a repeated command recomputes nothing.
         --out bench/results/llama4rec-ml100k
 
 --work holds the artifact store and each flow's own outputs (instructions.jsonl is several MB); --out gets only
-the summary files.
+the summary files. `--users N` keeps N ML-100K users drawn at random (seed 0) with all their rows: every user
+costs 8 ranking prompts per backbone and seed, which on a loaded 2-core machine bounds what one sitting allows.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from flows.llama4rec import llama4rec_flow
 from llmsim import MODEL_ID
 from llmsim.launch import start_llm_server
 from recsys.config import AugmentConfig, DataConfig, Llama4RecRunConfig, ModelConfig, RankingLLMConfig, TrainConfig
+from recsys.data.loading import load_dataset
 from recsys.llama4rec.report import cost_markdown, cost_rows, paper_markdown, selection_markdown, table_markdown
 from recsys.llm.pricing import load_price_table
 from storage.ledger import read_ledger
@@ -35,9 +38,23 @@ from storage.ledger import read_ledger
 PRICED_AS = "gpt-4o-mini"  # what the same prompts and answers would cost at a small current model's list price
 
 
-def run(backbone: str, seeds: int, users_per_batch: int, base_url: str, work: Path) -> dict:
+def user_sample(work: Path, users: int) -> str:
+    """The dataset to run on: "ml-100k", or a folder with `users` of its users (seed 0) and all their rows."""
+    if not users:
+        return "ml-100k"
+    ds = load_dataset(DataConfig(dataset="ml-100k"))
+    ids = np.random.default_rng(0).choice(ds.interactions["user_id"].unique(), size=users, replace=False)
+    inter = ds.interactions[ds.interactions["user_id"].isin(ids)]
+    folder = work / f"ml-100k-{users}-users"
+    folder.mkdir(parents=True, exist_ok=True)
+    inter.to_parquet(folder / "interactions.parquet", index=False)
+    ds.items[ds.items["item_id"].isin(inter["item_id"])].to_parquet(folder / "items.parquet", index=False)
+    return str(folder)
+
+
+def run(backbone: str, dataset: str, seeds: int, users_per_batch: int, base_url: str, work: Path) -> dict:
     config = Llama4RecRunConfig(
-        data=DataConfig(dataset="ml-100k"),
+        data=DataConfig(dataset=dataset),
         model=ModelConfig(name=backbone),
         train=TrainConfig(device="cpu"),
         llm=RankingLLMConfig(model=MODEL_ID, base_url=base_url, rpm=None, tpm=None),
@@ -66,13 +83,15 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--backbones", nargs="+", default=["mf", "lightgcn"])
     parser.add_argument("--users-per-batch", type=int, default=100)
+    parser.add_argument("--users", type=int, default=0, help="a random sample of this many users (0: all 943)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/llama4rec-bench"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/llama4rec-ml100k"))
     args = parser.parse_args()
     results = {}
+    dataset = user_sample(args.work, args.users)
     with start_llm_server() as server:
         for backbone in args.backbones:
-            results[backbone] = run(backbone, args.seeds, args.users_per_batch, server.base_url, args.work)
+            results[backbone] = run(backbone, dataset, args.seeds, args.users_per_batch, server.base_url, args.work)
             print(f"{backbone}: {results[backbone]['seconds']:.0f} s", flush=True)
         requests = server.stats()["requests"]
     minutes = ", ".join(f"{b} {r['seconds'] / 60:.1f} min" for b, r in results.items())
@@ -83,8 +102,11 @@ def main() -> int:
     costs = cost_rows(ledger)
     lines = [
         "# Llama4Rec on ML-100K against the local server", "",
-        f"Command: `LLMREC_DATA_DIR=../shared/data python bench/llama4rec_ml100k.py --seeds {args.seeds} --work "
-        f"WORK --out {args.out}` (from an empty WORK). Leave-one-out split by time, the backbone's top-10 list "
+        f"Command: `LLMREC_DATA_DIR=../shared/data python bench/llama4rec_ml100k.py --seeds {args.seeds} --users "
+        f"{args.users} --work WORK --out {args.out}` (from an empty WORK). "
+        + (f"{args.users} of ML-100K's 943 users drawn at random (seed 0) with all their ratings. " if args.users
+           else "All of ML-100K. ")
+        + "Leave-one-out split by time, the backbone's top-10 list "
         f"re-ranked, seeds {', '.join(str(2020 + i) for i in range(args.seeds))}. The LLM is the local server "
         "(NOT a language model: transparent heuristics, llmsim/ranking.py), so these numbers measure the pipeline, "
         "not an LLM. "
