@@ -1,6 +1,6 @@
-"""The `llmrec` command line. `base`, `augment`, `run` and `tune` run the Prefect flows of the same names (`tune` is
-`run` with trials); `ablate` runs `run` with every variant; `cost` and `rerun` operate on the ledger and a Prefect
-server.
+"""The `llmrec` command line. `base`, `augment`, `run`, `tune` and `llama4rec` run the Prefect flows of the same names
+(`tune` is `run` with trials); `ablate` runs `run` with every variant; `cost` and `rerun` operate on the ledger and
+a Prefect server.
 
 An expected failure (bad input, an unreachable Prefect server or endpoint, a failed augmentation) ends the command
 with one `error:` line and exit code 2, and Prefect's console log leaves out its traceback; `llmrec --debug ...`
@@ -40,9 +40,12 @@ from recsys.config import (
     DataConfig,
     EmbedConfig,
     EvalConfig,
+    Llama4RecConfig,
+    Llama4RecRunConfig,
     LLMConfig,
     ModelConfig,
     PromptTokens,
+    RankingLLMConfig,
     RunConfig,
     RunnerConfig,
     SplitConfig,
@@ -564,16 +567,22 @@ def run_pipeline(config: RunConfig, base_url: str | None, variants: list[str], s
     from flows.tune import tune_flow
 
     with contextlib.ExitStack() as stack:
-        if base_url is None and not config.llm.base_url:
-            console.print("[bold yellow]no --base-url:[/] starting the local LLM server (NOT a language model: "
-                          f"transparent heuristics) and using model {config.llm.model}")
-            base_url = stack.enter_context(local_llm_server())
-            console.print(f"local LLM server listening at {base_url}; it stops when this run ends")
-        where = {"store_root": str(store) if store else None, "out_dir": str(out), "base_url": base_url,
-                 "variants": variants}
+        where = {"store_root": str(store) if store else None, "out_dir": str(out), "variants": variants,
+                 "base_url": endpoint(stack, base_url or config.llm.base_url, config.llm.model)}
         if tune is not None:
             return tune_flow(config=config, tune=tune, **where)
         return run_flow(config=config, **where)
+
+
+def endpoint(stack: contextlib.ExitStack, base_url: str | None, model: str) -> str:
+    """`base_url`, or, when it is None, the URL of the local LLM server started on `stack` (saying so)."""
+    if base_url is not None:
+        return base_url
+    console.print("[bold yellow]no --base-url:[/] starting the local LLM server (NOT a language model: "
+                  f"transparent heuristics) and using model {model}")
+    url = stack.enter_context(local_llm_server())
+    console.print(f"local LLM server listening at {url}; it stops when this run ends")
+    return url
 
 
 # `ablate` is `run` (the same options and flow) with every variant by default; `tune` is `run` with trials.
@@ -587,6 +596,63 @@ app.command("tune", context_settings={"default_map": {"trials": TuneConfig().tri
     f"{TuneConfig().trials}; the backbone over lr and L2, LLMRec over its fusion scales with 0 = off, omega3, "
     "pruning, dropout, MAE, lr and L2). tuning/best_config.json is the tuned configuration for `run --config`; "
     "an interrupted study resumes."))(run)
+
+
+@app.command()
+def llama4rec(
+    base_url: str | None = typer.Option(None, envvar="OPENAI_BASE_URL",
+                                        help="OpenAI-compatible endpoint; none: start the local server (NOT an "
+                                             "LLM: transparent heuristics) and use model llmrec-heuristic."),
+    model: str | None = typer.Option(None, help=f"LLM that ranks and compares, e.g. a fine-tuned one (default: "
+                                                f"{LLMConfig().model}, or {LOCAL_MODEL} with the local server)."),
+    backbone: BaseModel = "lightgcn",
+    dataset: Dataset = "ml-100k",
+    data_dir: DataDir = None,
+    split: Literal["loo", "random"] = typer.Option("loo", help="loo: leave-one-out by time (the paper's); random: "
+                                                              "the project's 80/10/10 split."),
+    split_dir: SplitDir = None,
+    k_prime: int = typer.Option(CandidateConfig().n_candidates, min=1, help="Length of the backbone's list the LLM "
+                                                                            "re-ranks (k')."),
+    pairs_per_user: int = typer.Option(Llama4RecConfig().pairs_per_user, min=0,
+                                       help="Item pairs per user for data augmentation."),
+    seeds: int = typer.Option(1, min=1, help="Training seeds of the backbones (2020, 2021, ...)."),
+    epochs: Epochs = 1000,
+    device: Device = "auto",
+    max_cost_usd: MaxCostUSD = None,
+    users_per_batch: int = typer.Option(AugmentConfig().users_per_batch, min=1, help="Users per Prefect task run."),
+    out: Path = typer.Option(Path("runs/llama4rec"), help="Output folder: metrics.parquet, report.md, "
+                                                          "instructions.jsonl, ..."),
+    store: Store = None,
+    runner: Runner = "threads",
+    dask_address: DaskAddress = None,
+) -> None:
+    """Llama4Rec's direct recommendation as the Prefect flow `llama4rec`: pairwise data augmentation of the
+    backbone, the LLM re-ranking its top-k' list with prompt augmentation, adaptive aggregation, and the
+    ablations; HR@3/5 and NDCG@3/5, a report and instruction data for fine-tuning. Every stage is cached."""
+    local = not base_url
+    with expected(ValueError):
+        config = Llama4RecRunConfig(
+            data=DataConfig(dataset=dataset, data_dir=data_dir),
+            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(method=split),
+            model=ModelConfig(name=backbone),
+            train=TrainConfig(max_epochs=epochs, device=device),
+            candidates=CandidateConfig(n_candidates=k_prime),
+            llm=RankingLLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
+                                 **({"rpm": None, "tpm": None} if local else {})),
+            augment=AugmentConfig(max_cost_usd=max_cost_usd, users_per_batch=users_per_batch),
+            llama4rec=Llama4RecConfig(pairs_per_user=pairs_per_user),
+            seeds=tuple(2020 + i for i in range(seeds)),
+            runner=runner_config(runner, dask_address),
+        )
+
+    from flows.llama4rec import Llama4RecFailed, run_llama4rec
+
+    with expected(*RUN_ERRORS, Llama4RecFailed, LLMServerError), contextlib.ExitStack() as stack:
+        url = endpoint(stack, base_url or None, config.llm.model)
+        config = config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": url})})
+        result = run_llama4rec(config=config, store_root=str(store) if store else None, out_dir=str(out))
+    console.print(result["report"], markup=False, highlight=False)
+    console.print(f"wrote {out / 'report.md'}, {out / 'metrics.parquet'} and {out / 'instructions.jsonl'}")
 
 
 @app.command()

@@ -1,10 +1,11 @@
 """The local OpenAI-compatible HTTP server: /v1/models, /v1/chat/completions, /v1/embeddings, /v1/files and
 /v1/batches (the Batch API, llmsim/batches.py), plus /admin/*.
 
-This server is not a language model. It answers the project's three augmentation prompts with transparent,
-deterministic heuristics (llmsim/heuristics.py) and embeds text with a small local sentence-embedding model, so
-that the whole pipeline (client, retries, rate limits, caching, parsing) runs and is tested offline over real
-HTTP. Faults (rate limits, errors, hangs, malformed answers, dropped connections) are injected on demand.
+This server is not a language model. It answers the project's prompts (LLMRec's three augmentations,
+llmsim/heuristics.py; Llama4Rec's ranking and pairwise prompts, llmsim/ranking.py) with transparent, deterministic
+heuristics and embeds text with a small local sentence-embedding model, so that the whole pipeline (client,
+retries, rate limits, caching, parsing) runs and is tested offline over real HTTP. Faults (rate limits, errors,
+hangs, malformed answers, dropped connections) are injected on demand.
 
 Structured outputs: the server takes one `response_format` form (`FaultConfig.structured_outputs`, default
 json_schema) and answers any other with HTTP 500, as llama.cpp's server does; a request without one is always
@@ -36,7 +37,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
-from llmsim import MODEL_ID
+from llmsim import MODEL_ID, ranking
 from llmsim import heuristics as h
 from llmsim.embedder import AsyncEmbedder
 from llmsim.faults import Decision, Fault, FaultConfig, FaultInjector
@@ -316,7 +317,8 @@ def _format(body: ChatRequest, sim: Simulator) -> tuple[str, dict[str, Any] | No
     return mode, request_schema(body.response_format)
 
 
-async def _answer(prompt: h.Prompt, decision: Decision, embedder: AsyncEmbedder, mode: str) -> tuple[str, str | None]:
+async def _answer(prompt: h.Prompt | ranking.Prompt, decision: Decision, embedder: AsyncEmbedder,
+                  mode: str) -> tuple[str, str | None]:
     """The answer's text and the fault it carries (None: a genuine answer), as decoding in `mode` allows."""
     if decision.malformed and mode == "none":
         return h.non_json_answer(decision.draw), "malformed"
@@ -328,7 +330,10 @@ async def _answer(prompt: h.Prompt, decision: Decision, embedder: AsyncEmbedder,
     return text, fault
 
 
-async def _genuine(prompt: h.Prompt, decision: Decision, embedder: AsyncEmbedder) -> tuple[str, str | None]:
+async def _genuine(prompt: h.Prompt | ranking.Prompt, decision: Decision, embedder: AsyncEmbedder
+                   ) -> tuple[str, str | None]:
+    if isinstance(prompt, ranking.RankingPrompt | ranking.PairwisePrompt):
+        return await ranking.answer(prompt, decision, embedder)
     if isinstance(prompt, h.AttributesPrompt):
         return h.attributes_answer(prompt), None
     if isinstance(prompt, h.ProfilePrompt):
@@ -342,8 +347,8 @@ async def _genuine(prompt: h.Prompt, decision: Decision, embedder: AsyncEmbedder
     return h.edges_answer(liked, disliked), None
 
 
-async def complete(body: ChatRequest, messages: list[dict[str, Any]], prompt: h.Prompt, decision: Decision,
-                   sim: Simulator) -> tuple[dict[str, Any], str | None]:
+async def complete(body: ChatRequest, messages: list[dict[str, Any]], prompt: h.Prompt | ranking.Prompt,
+                   decision: Decision, sim: Simulator) -> tuple[dict[str, Any], str | None]:
     """The chat.completion object answering `prompt` and the fault it carries; counted in the stats. Raises
     BadRequest / UnsupportedFormat for a `response_format` the server does not take."""
     mode, schema = _format(body, sim)
@@ -367,11 +372,11 @@ async def complete(body: ChatRequest, messages: list[dict[str, Any]], prompt: h.
     }, fault
 
 
-def parse_chat(body: ChatRequest) -> tuple[list[dict[str, Any]], h.Prompt]:
+def parse_chat(body: ChatRequest) -> tuple[list[dict[str, Any]], h.Prompt | ranking.Prompt]:
     """The request's messages as dicts and the prompt they hold; raises BadRequest."""
     messages = [m.model_dump(exclude_unset=True) for m in body.messages]
     try:
-        return messages, h.parse_prompt(messages)
+        return messages, ranking.parse_prompt(messages) or h.parse_prompt(messages)
     except h.PromptError as exc:
         raise BadRequest(str(exc), "messages") from exc
 

@@ -17,12 +17,14 @@ PAD_ITEM = -1  # item id used where a user has fewer than n unseen items; its sc
 
 
 def top_candidates(
-    model: Recommender, data: DenseSplit, n: int, batch_users: int = 1024
+    model: Recommender, data: DenseSplit, n: int, batch_users: int = 1024, known: tuple[np.ndarray, ...] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(users [U], items [U, n], scores [U, n]) for every user 0..n_users-1, best first, dense ids.
 
-    items are the n highest-scoring items not in the user's train set. A user with fewer than n such items gets
-    them first and then PAD_ITEM (-1) with score NaN in the remaining columns, so the arrays stay rectangular.
+    items are the n highest-scoring items not in the user's train set (or not in any of the `known` [m, 2] pair
+    arrays, e.g. `recsys.eval.ranking.known_items(data, "test")`: train and valid). A user with fewer than n such
+    items gets them first and then PAD_ITEM (-1) with score NaN in the remaining columns, so the arrays stay
+    rectangular.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -30,7 +32,7 @@ def top_candidates(
     items = np.full((users.size, n), PAD_ITEM, dtype=np.int64)
     scores = np.full((users.size, n), np.nan, dtype=np.float32)
     k = min(n, data.n_items)
-    seen = InteractionIndex(data.n_users, data.train)
+    seen = InteractionIndex(data.n_users, *(known if known is not None else (data.train,)))
     was_training = model.training
     model.eval()
     try:

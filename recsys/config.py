@@ -416,3 +416,72 @@ class TuneConfig(_Config):
     seed: int = 2020  # the TPE sampler's seed
     warmup_epochs: int = Field(10, ge=0)  # epochs of a trial before the median pruner may stop it
     trial_timeout_s: float | None = Field(None, gt=0)  # a trial still training after this long is pruned
+
+
+class Llama4RecConfig(_Config):
+    """Llama4Rec's direct (top-k) recommendation (Luo et al., arXiv 2401.13870 [L4R] §4, §5.1; reference notes
+    part B): pairwise data augmentation of the backbone, prompt augmentation of the ranking prompt, adaptive
+    aggregation of the two rankings. The backbone's top-k' list is `candidates.n_candidates` long (default 10)."""
+
+    ks: tuple[int, ...] = (3, 5)  # [L4R] §5.1: HR@3, HR@5, NDCG@3, NDCG@5
+    # The user's and the similar user's most recent training items in a prompt. [L4R] §5.1 fits a 2,048-token
+    # context and does not say how long a history is: 20 is the project's choice. None: the whole history.
+    max_history: int | None = Field(20, ge=1)
+    # Pairs of items the user has not trained on, asked in one prompt per user ([L4R] §4.2 asks one pair per
+    # prompt and gives no count; this is the project's choice, one prompt per user for cost).
+    pairs_per_user: int = Field(5, ge=0)
+    pair_seed: int = 2020  # pairs depend on it and the training data only, so every seed and backbone shares them
+    # [L4R] §5.1: alpha1 and alpha2 are each chosen from {0.1, 0.3, 0.5, 0.7, 0.9}; chosen on VALID here.
+    alpha_grid: tuple[float, ...] = Field((0.1, 0.3, 0.5, 0.7, 0.9), min_length=1)
+    select_metric: str = "ndcg@5"  # what the alpha grid search maximises on VALID (the paper does not say)
+    tail_quantile: float = Field(0.25, gt=0.0, lt=1.0)  # tail users: N(u) (training items) in the lowest quartile
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or min(v) < 1:
+            raise ValueError(f"ks must be positive integers, got {v}")
+        return tuple(sorted(set(v)))
+
+    @field_validator("alpha_grid")
+    @classmethod
+    def _unit_grid(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 <= a <= 1.0 for a in v):
+            raise ValueError(f"alpha_grid values must lie in [0, 1], got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Llama4RecConfig:
+        name, _, k = self.select_metric.partition("@")
+        if name not in {"hit", "ndcg"} or not k.isdigit() or int(k) not in self.ks:
+            raise ValueError(f"select_metric must be hit@K or ndcg@K with K in ks {self.ks}, got "
+                             f"{self.select_metric!r}")
+        return self
+
+
+class RankingLLMConfig(LLMConfig):
+    """The LLM that ranks and compares for Llama4Rec: as LLMConfig, with greedy decoding by default."""
+
+    temperature: float = Field(0.0, ge=0.0, le=2.0)  # [L4R] §5.1: greedy decoding (temperature 0)
+
+
+class Llama4RecRunConfig(AugmentRunConfig):
+    """The `llama4rec` flow: the backbone (`model`, MF or LightGCN) on D and on D' = D + the LLM's pairwise
+    triplets, the LLM's rankings of the backbones' top-k' lists with and without prompt augmentation, adaptive
+    aggregation, per seed; the instruction file. `augment` gives the batching and the budget (users_per_batch,
+    max_cost_usd, max_batches_in_flight, batch_timeout_s); its other fields are LLMRec's and not used here."""
+
+    split: SplitConfig = SplitConfig(method="loo")  # [L4R] §5.1: leave-one-out, last item test, second-last valid
+    llm: RankingLLMConfig = RankingLLMConfig()
+    llama4rec: Llama4RecConfig = Llama4RecConfig()
+    seeds: tuple[int, ...] = Field((2020,), min_length=1)  # training seeds of the backbones ([L4R]: 5 runs)
+
+    @model_validator(mode="after")
+    def _ks_within_list(self) -> Llama4RecRunConfig:
+        k_prime = self.candidates.n_candidates
+        if max(self.llama4rec.ks) > k_prime:
+            raise ValueError(f"llama4rec.ks {self.llama4rec.ks} must not exceed k' = candidates.n_candidates "
+                             f"({k_prime}): the metrics are read from the re-ranked top-k' list")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        return self

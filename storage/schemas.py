@@ -35,6 +35,18 @@ SCHEMAS: dict[tuple[str, str], pa.Schema] = {
     **{(stage, "per_user_test"): pa.schema({"user_id": ID}) for stage in ("evaluate", "llmrec-evaluate")},
     # tasks/embed.py: row `row` of the embedding matrix is the vector of raw id `id`
     ("embed", "index"): pa.schema({"id": ID, "row": ID}),
+    # tasks/llama4rec.py: the item pairs, the LLM's triplets (as augmented edges), the backbone's lists per split
+    # and each user's most similar user, the LLM's rankings of those lists, and the instruction data
+    ("llama4rec-pairs", "pairs"): pa.schema({"user_id": ID, "pair": ID, "item_a": ID, "item_b": ID}),
+    ("llama4rec-pairwise", "rows"): pa.schema({"user_id": ID, "pos_item_id": ID, "neg_item_id": ID, **ANSWER}),
+    ("llama4rec-lists", "lists"): pa.schema({"split": TEXT, "user_id": ID, "rank": ID, "item_id": ID}),
+    ("llama4rec-lists", "similar"): pa.schema({"user_id": ID, "similar_user_id": ID, "cosine": pa.float32()}),
+    ("llama4rec-ranking", "rows"): pa.schema({"user_id": ID, "rank": ID, "item_id": ID, "completed": ID,
+                                              "asks": ID, **ANSWER}),
+    **{(f"llama4rec-{stage}", "failures"): FAILURES for stage in ("pairwise", "ranking")},
+    ("llama4rec-instructions", "instructions"): pa.schema({"user_id": ID, "source": TEXT, "target_item_id": ID,
+                                                           "candidate_item_ids": pa.list_(ID),
+                                                           "similar_user_id": ID, "messages": TEXT}),
 }
 
 

@@ -10,7 +10,8 @@ items). The Batch API mode's own tasks are in tasks/batch_api.py.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +104,15 @@ def llm_cache_dir(store_root: str, llm: LLMConfig) -> Path:
     return Path(llm.cache_dir) if llm.cache_dir else Path(store_root) / "llm-cache"
 
 
+def stage_schema(stage: str) -> tuple[str, dict[str, Any]]:
+    """(name, JSON schema) of an augmentation stage's answer, sent as structured outputs."""
+    return f"{stage}_answer", answer_schema(stage)
+
+
 def stage_client(store_root: str, stage: str, llm: LLMConfig, **options: Any) -> LLMClient:
     """The chat client of one stage: the store's response cache, the stage's answer schema for structured
     outputs; `options` go to LLMClient (usage_sink, before_request)."""
-    return LLMClient(llm, cache_dir=llm_cache_dir(store_root, llm),
-                     answer_schema=(f"{stage}_answer", answer_schema(stage)), **options)
+    return LLMClient(llm, cache_dir=llm_cache_dir(store_root, llm), answer_schema=stage_schema(stage), **options)
 
 
 def token_counter(model: str) -> Callable[[Messages], int]:
@@ -158,6 +163,37 @@ def batch_results(jobs: list[str]) -> tuple[dict[str, str], dict[str, str]]:
     return merge_results(results)
 
 
+@contextmanager
+def batch_client(store_root: str, llm: LLMConfig, ledger_root: str, stage: str, batch: int,
+                 schema: tuple[str, dict[str, Any]] | None = None) -> Iterator[LLMClient]:
+    """The LLM client of one batch task run: the store's response cache, the answer `schema` as structured outputs
+    (None: no response_format), the Prefect rate limit, and a usage sink writing every call to the run's ledger (a
+    part file of its own, `<stage>-<batch>-<unique>`)."""
+    run_id = str(flow_run.id or "no-flow-run")
+    with (
+        LedgerWriter(ledger_root, run_id, f"{stage}-{batch:05d}-{uuid.uuid4().hex[:8]}") as ledger,
+        LLMClient(llm, cache_dir=llm_cache_dir(store_root, llm), answer_schema=schema,
+                  usage_sink=lambda e: ledger.append(_ledger_row(e, run_id)),
+                  before_request=prefect_rate_limit_hook(llm.prefect_rate_limit)) as client,
+    ):
+        yield client
+
+
+def write_batch(store: ArtifactStore, ref: ArtifactRef, params: Mapping[str, Any], stage: str, batch: int,
+                rows: pd.DataFrame, outcomes: list[ItemOutcome]) -> None:
+    """Write a batch's validated `rows` and its failed items (replacing what an earlier attempt wrote); raise
+    `BatchFailed` when an item failed, so that the task run fails and a re-run asks again."""
+    failures = failures_frame(outcomes, stage)
+    with store.write(ref.stage, ref.key, params, replace=True) as w:
+        w.table("rows", rows)
+        w.table("failures", failures)
+        w.json("summary", {"stage": stage, "batch": batch, "items": len(outcomes), "failed": len(failures)})
+    if len(failures):
+        reasons = "; ".join(f"{k}: {r}" for k, r in zip(failures["key"][:3], failures["reason"][:3], strict=False))
+        raise BatchFailed(f"{stage} batch {batch}: {len(failures)} of {len(outcomes)} items failed ({reasons})")
+    get_run_logger().info("%s batch %d: %d items answered", stage, batch, len(outcomes))
+
+
 @stage_task(batch_ref, name="augment-batch", task_run_name="{stage}-batch-{batch}")
 def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], dataset_ref: str, split_ref: str,
                   candidates_ref: str, llm: LLMConfig, augment: AugmentConfig, ledger_root: str,
@@ -171,30 +207,16 @@ def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], datas
     params = {"stage": stage, "ids": ids, "dataset_ref": dataset_ref, "split_ref": split_ref,
               "candidates_ref": candidates_ref, "llm": llm, "augment": augment}
     ref = batch_ref(params)
-    logger = get_run_logger()
-    run_id = str(flow_run.id or "no-flow-run")
     tags = {"stage": stage, "batch": str(batch)}
     refs = {"dataset": dataset_ref, "split": split_ref, "candidates": candidates_ref}
-    with (
-        LedgerWriter(ledger_root, run_id, f"{stage}-{batch:05d}-{uuid.uuid4().hex[:8]}") as ledger,
-        stage_client(store_root, stage, llm, usage_sink=lambda e: ledger.append(_ledger_row(e, run_id)),
-                     before_request=prefect_rate_limit_hook(llm.prefect_rate_limit)) as client,
-    ):
+    with batch_client(store_root, llm, ledger_root, stage, batch, stage_schema(stage)) as client:
         asker: ChatClient = client
         if batch_jobs is not None:
             answers, errors = batch_results(batch_jobs)
             asker = DeferredChat(client, answers, errors, http=augment.batch_followup == "normal",
                                  rounds=len(batch_jobs))
         outcomes = stage_outcomes(asker, store, stage, ids, refs, llm, augment, tags)
-    failures = failures_frame(outcomes, stage)
-    with store.write(ref.stage, ref.key, params, replace=True) as w:
-        w.table("rows", FRAMES[stage](outcomes, llm.model))
-        w.table("failures", failures)
-        w.json("summary", {"stage": stage, "batch": batch, "items": len(outcomes), "failed": len(failures)})
-    if len(failures):
-        reasons = "; ".join(f"{k}: {r}" for k, r in zip(failures["key"][:3], failures["reason"][:3], strict=False))
-        raise BatchFailed(f"{stage} batch {batch}: {len(failures)} of {len(outcomes)} items failed ({reasons})")
-    logger.info("%s batch %d: %d items answered", stage, batch, len(outcomes))
+    write_batch(store, ref, params, stage, batch, FRAMES[stage](outcomes, llm.model), outcomes)
     return str(ref)
 
 

@@ -31,6 +31,11 @@ STAGE_VERSIONS: dict[str, str] = {
     "candidates": "2",  # 2: users without a training interaction get no candidates
     "llmrec": "1",
     "llmrec-evaluate": "4",  # as "evaluate"
+    "llama4rec-pairs": "1",
+    "llama4rec-train": "1",
+    "llama4rec-lists": "1",
+    "llama4rec-evaluate": "1",
+    "llama4rec-instructions": "1",
 }
 
 RefOf = Callable[[Mapping[str, Any]], ArtifactRef]

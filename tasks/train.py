@@ -18,6 +18,7 @@ from recsys.eval.metrics import user_means
 from recsys.eval.ranking import RankingEvaluator
 from recsys.models.base import Recommender
 from recsys.models.factory import build_model
+from recsys.train.augmented import AugmentedEdges
 from recsys.train.trainer import EpochReport, StopTraining, fit, resolve_device
 from storage.store import ArtifactRef, ArtifactStore
 from tasks.common import read_dense_split, stage_ref, stage_task
@@ -42,9 +43,10 @@ def train_model(store_root: str, split_ref: str, model: ModelConfig, train: Trai
 
 def fit_and_store(store: ArtifactStore, ref: ArtifactRef, params: dict[str, Any], net: Recommender,
                   data: DenseSplit, train: TrainConfig, eval: EvalConfig, summary: dict[str, Any],
-                  on_epoch: OnEpoch | None = None) -> str | State:
-    """Fit with early stopping on VALID, logging each epoch; store checkpoint, history and fit.json (`summary`
-    first, then the fit's numbers) and return the ref; a Cancelled state when `on_epoch` stops the fit."""
+                  on_epoch: OnEpoch | None = None, augmented: AugmentedEdges | None = None) -> str | State:
+    """Fit with early stopping on VALID (with `augmented` triplets joining the BPR ones, see `fit`), logging each
+    epoch; store checkpoint, history and fit.json (`summary` first, then the fit's numbers) and return the ref; a
+    Cancelled state when `on_epoch` stops the fit."""
     logger = get_run_logger()
 
     def watch(report: EpochReport) -> None:
@@ -53,7 +55,7 @@ def fit_and_store(store: ArtifactStore, ref: ArtifactRef, params: dict[str, Any]
             on_epoch(report)
 
     try:
-        result = fit(net, data, train, eval, on_epoch=watch)
+        result = fit(net, data, train, eval, on_epoch=watch, augmented=augmented)
     except StopTraining as stop:
         return Cancelled(message=f"stopped: {stop}")
     with store.write(ref.stage, ref.key, params) as w:

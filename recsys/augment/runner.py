@@ -211,6 +211,36 @@ def run_parallel(fn: Callable[[T], R], inputs: Sequence[T], max_workers: int) ->
     return [cast(R, f.result()) for f in futures]  # None only after an error, which was raised above
 
 
+def ask_each(
+    client: ChatClient,
+    contexts: Sequence[T],
+    *,
+    key: Callable[[T], int],
+    skip: Callable[[T], str | None],
+    messages: Callable[[T], Messages],
+    validate: Callable[[str, T], dict],
+    template_version: str,
+    max_reasks: int,
+    max_workers: int,
+    tags: dict[str, str],
+) -> list[ItemOutcome]:
+    """One outcome per context, in input order, from one request per context (`messages(ctx)`, its one key
+    `key(ctx)`), validated by `validate(answer, ctx)` (raises InvalidAnswer) and re-asked as in
+    `ask_until_valid`. A context for which `skip(ctx)` gives a reason fails with it, without a call."""
+    check_run_args([key(c) for c in contexts], max_reasks, max_workers)
+
+    def one(ctx: T) -> ItemOutcome:
+        reason = skip(ctx)
+        if reason is not None:
+            return failed(key(ctx), reason)
+        (outcome,) = ask_until_valid(client, [key(ctx)], lambda _: messages(ctx),
+                                     lambda text, keys: ({keys[0]: validate(text, ctx)}, {}),
+                                     template_version=template_version, max_reasks=max_reasks, tags=tags)
+        return outcome
+
+    return run_parallel(one, contexts, max_workers)
+
+
 # ---- output tables -------------------------------------------------------------------------------------------
 
 _STR = "str"

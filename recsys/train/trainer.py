@@ -20,6 +20,7 @@ from recsys.data.degenerate import warn_skipped
 from recsys.data.errors import DataError
 from recsys.eval.ranking import RankingEvaluator
 from recsys.models.base import Recommender
+from recsys.train.augmented import AugmentedEdges
 from recsys.train.errors import DeviceUnavailable
 from recsys.train.sampling import NegativeSampler, epoch_triplets
 
@@ -98,8 +99,12 @@ def fit(
     eval_cfg: EvalConfig,
     *,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    augmented: AugmentedEdges | None = None,
 ) -> FitResult:
     """Train `model` with BPR on data.train, select the best epoch by valid `train_cfg.monitor`, restore it.
+
+    `augmented`: extra (user, pos, neg) triplets that join every epoch's BPR triplets, shuffled in with them
+    (Llama4Rec's D' = D + augmented, [L4R] §4.2 Eq. 3); without them the run is exactly the plain one.
 
     Per epoch, as RecBole's Trainer.fit: `train_epoch`; every `eval_every` epochs and the last, `validate`,
     `early_stopping` (stop after `patience` evaluations without a strictly better value) and, on a new best,
@@ -114,6 +119,9 @@ def fit(
     device = resolve_device(train_cfg.device)
     model.to(device)
     train, evaluator, sampler, optimizer = _prepare(model, data, train_cfg, eval_cfg, device)
+    if augmented is not None and (augmented.n_users, augmented.n_items) != (data.n_users, data.n_items):
+        raise ValueError("augmented triplets were validated for a different n_users / n_items")
+    extra = augmented.triplets.numpy() if augmented is not None and len(augmented) else None
 
     history: list[dict[str, Any]] = []
     best_value, best_epoch, best_valid, bad, stop = -math.inf, 0, {}, 0, False
@@ -121,7 +129,7 @@ def fit(
     model.train()
     for epoch in range(1, train_cfg.max_epochs + 1):
         t0 = time.perf_counter()
-        loss, parts = train_epoch(model, optimizer, train, sampler, rng, train_cfg, device)
+        loss, parts = train_epoch(model, optimizer, train, sampler, rng, train_cfg, device, extra)
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} in epoch {epoch}; try a smaller lr")
         seconds = time.perf_counter() - t0
@@ -189,10 +197,18 @@ def without_unsampleable(train: np.ndarray, sampler: NegativeSampler, data: Dens
 
 
 def train_epoch(model: Recommender, optimizer: torch.optim.Optimizer, train: np.ndarray, sampler: NegativeSampler,
-                rng: np.random.Generator, cfg: TrainConfig, device: torch.device) -> tuple[float, dict[str, float]]:
+                rng: np.random.Generator, cfg: TrainConfig, device: torch.device,
+                extra: np.ndarray | None = None) -> tuple[float, dict[str, float]]:
     """One pass over freshly shuffled train pairs with new negatives, in mini-batches of cfg.batch_size: the mean
-    total loss over the epoch's triplets and the mean of each loss part ("bpr", "reg", ...)."""
+    total loss over the epoch's triplets and the mean of each loss part ("bpr", "reg", ...). `extra` [m, 3]
+    (user, pos, neg) triplets are shuffled in with them (each one's negative repeated for n_negatives > 1, so it
+    weighs as one train pair)."""
     users, pos, neg = epoch_triplets(train, sampler, cfg.n_negatives, rng)
+    if extra is not None:
+        order = rng.permutation(len(users) + len(extra))
+        users = np.concatenate([users, extra[:, 0]])[order]
+        pos = np.concatenate([pos, extra[:, 1]])[order]
+        neg = np.concatenate([neg, np.repeat(extra[:, 2:3], cfg.n_negatives, axis=1)])[order]
     # One host-to-device copy per epoch; batches are then views.
     users_t = torch.from_numpy(users).to(device)
     pos_t = torch.from_numpy(pos).to(device)
