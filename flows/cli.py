@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmsim import MODEL_ID
-from llmsim.cli import serve_command
+from llmsim.cli import faults_command, serve_command
 from llmsim.launch import LaunchError as LLMServerError
 from llmsim.launch import start_llm_server
 from recsys.ablations import FULL as FULL_VARIANT
@@ -333,6 +333,7 @@ def rerun(
 
 
 app.command("llm-server")(serve_command)
+app.command("llm-faults")(faults_command)
 
 
 def main() -> None:
