@@ -186,7 +186,15 @@ def cost(
 ) -> None:
     """What the LLM calls cost: calls, cache hits, tokens and USD per group, from the cost ledger."""
     from recsys.config import default_store_dir
-    from recsys.costs import COST_COLUMNS, COST_HEADERS, cost_by, parse_since, spend_plot_png
+    from recsys.costs import (
+        COST_COLUMNS,
+        COST_HEADERS,
+        cost_by,
+        no_paid_reason,
+        paid_usd,
+        parse_since,
+        spend_plot_png,
+    )
     from storage.atomic import atomic_path
     from storage.ledger import LedgerNotFound, read_ledgers, store_ledger_root
 
@@ -200,22 +208,26 @@ def cost(
     summary = cost_by(rows, by)
     columns = [c for c in COST_COLUMNS if c != "unpriced" or summary[c].any()]  # unpriced: only when there are
     table = Table(title=f"LLM cost by {by} — {escape(where)}")
-    table.add_column(by, overflow="fold")
+    table.add_column(by, overflow="fold", min_width=36 if by == "flow-run" else None)  # a whole flow-run id
+    if "name" in summary:
+        table.add_column("flow run name", overflow="fold")
     for col in columns:
         table.add_column(COST_HEADERS[col], justify="right", no_wrap=True)
     records = summary.to_dict("records")
     for i, rec in enumerate(records):  # the last record is the total
         cells = [f"{rec[c]:.6f}" if c == "cost_usd" else f"{rec[c]:,}" for c in columns]
-        table.add_row(escape(str(rec["group"])), *cells, style="bold" if i == len(records) - 1 else None,
+        names = [escape(str(rec["name"]))] if "name" in summary else []
+        table.add_row(escape(str(rec["group"])), *names, *cells, style="bold" if i == len(records) - 1 else None,
                       end_section=i == len(records) - 2)
-    # Piped or captured: wide enough for whole flow-run ids and model names.
-    (console if console.is_terminal else Console(width=160)).print(table)
+    # Piped or captured: wide enough for whole flow-run ids, run names and model names.
+    (console if console.is_terminal else Console(width=200)).print(table)
     if int(summary["unpriced"].iloc[-1]):
         console.print("unpriced: answered calls to models missing from the price table (not in the USD column)")
     if plot is not None:
         with atomic_path(plot) as tmp:
             tmp.write_bytes(spend_plot_png(rows))
-        console.print(f"wrote {plot}")
+        paid = "" if paid_usd(rows) else f" (no paid calls: {no_paid_reason(rows)})"
+        console.print(f"wrote {plot}{paid}", highlight=False, soft_wrap=True)
 
 
 LOCAL_MODEL = MODEL_ID  # what the local server answers as

@@ -104,7 +104,8 @@ def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], datas
     run_id = str(flow_run.id or "no-flow-run")
     tags = {"stage": stage, "batch": str(batch)}
     with (
-        LedgerWriter(ledger_root, run_id, f"{stage}-{batch:05d}-{uuid.uuid4().hex[:8]}") as ledger,
+        LedgerWriter(ledger_root, run_id, f"{stage}-{batch:05d}-{uuid.uuid4().hex[:8]}",
+                     flow_run_name=flow_run.name) as ledger,
         LLMClient(llm, cache_dir=llm_cache_dir(store_root, llm),
                   usage_sink=lambda e: ledger.append(_ledger_row(e, run_id)),
                   before_request=prefect_rate_limit_hook(llm.prefect_rate_limit)) as client,

@@ -102,7 +102,7 @@ def embed_source(store_root: str, source: str, input_refs: list[str], embed: Emb
     ledger = None
     if embed.backend == "openai":
         ledger = LedgerWriter(ledger_root or store_ledger_root(store_root), run_id,
-                              f"embed-{source}-{uuid.uuid4().hex[:8]}")
+                              f"embed-{source}-{uuid.uuid4().hex[:8]}", flow_run_name=flow_run.name)
 
     def sink(event: UsageEvent) -> None:
         assert ledger is not None
