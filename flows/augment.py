@@ -17,7 +17,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.base import base_flow
 from flows.runners import runner_kind, with_runner
+from flows.subflows import call_subflow
 from recsys.config import AugmentRunConfig, default_store_dir
+from recsys.llm.pricing import require_budget
 from storage.ledger import store_ledger_root
 from tasks.augment import BatchFailed, augment_batch, batch_ref, close_run, collect_stage, plan_batches
 from tasks.common import bind
@@ -107,8 +109,8 @@ def stage_problems(stage: str, failed: dict[int, str], failed_items: int, not_st
 
 
 @flow(name="augment", task_runner=ThreadPoolTaskRunner(max_workers=8))
-def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None = None,
-                 out_dir: str | None = None) -> dict[str, Any]:
+def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None = None, out_dir: str | None = None,
+                 max_cost_usd: float | None = None, allow_unbounded_spend: bool = False) -> dict[str, Any]:
     """Base model -> candidates -> LLM augmentation of edges, profiles and attributes (paper §3.1, Figure 1).
 
     Writes augmented_edges / user_profiles / item_attributes Parquet (and augment_failures.parquet) to `out_dir`;
@@ -116,14 +118,20 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
     rows are also written to `<out_dir>/ledger.parquet`. The result's "batches" maps each stage to its batch refs:
     together they are that stage's artifact for later stages. Batches run on this flow's task runner: use
     `run_augment` to honour `config.runner`.
+
+    `max_cost_usd` is the run's LLM budget in USD: no new batch starts once the spend so far plus the dearest
+    batch seen would pass it. It is a parameter of its own, not part of `config`, so that a deployment's budget
+    survives a run that overrides `config`. A run against a priced model with no budget refuses to start
+    (UnboundedSpend, before any work) unless `allow_unbounded_spend`.
     """
     config = config or AugmentRunConfig()
+    require_budget(config.llm.model, max_cost_usd, allow_unbounded_spend, config.llm.price_table)
     logger = get_run_logger()
     _check_runner(config, logger)
     check_rate_limit(config.llm.prefect_rate_limit)  # before any work: a missing limit must not start the run
     root = str(store_root or default_store_dir())
-    refs = base_flow(config=config.base(), store_root=root)["refs"]  # the base model and its candidates
-    budget = Budget(config.augment.max_cost_usd, str(store_ledger_root(root)), str(flow_run.id))
+    refs = call_subflow(base_flow, config=config.base(), store_root=root)["refs"]  # the base model, candidates
+    budget = Budget(max_cost_usd, str(store_ledger_root(root)), str(flow_run.id))
     batches, rows, failures, problems = {}, {}, [], []  # per stage: batch refs, rows written; failures; problems
     for stage in config.augment.stages:
         ids = bind(plan_batches, root)(root, stage, refs["dataset"], refs["split"], refs["candidates"],
@@ -144,8 +152,10 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
             "batches": batches}
 
 
-def run_augment(config: AugmentRunConfig | None = None, store_root: str | None = None,
-                out_dir: str | None = None) -> dict[str, Any]:
-    """`augment_flow` with its batches on the task runner `config.runner` names (threads or Dask)."""
+def run_augment(config: AugmentRunConfig | None = None, store_root: str | None = None, out_dir: str | None = None,
+                max_cost_usd: float | None = None, allow_unbounded_spend: bool = False) -> dict[str, Any]:
+    """`augment_flow` (a subflow when called in a flow run) with its batches on the task runner `config.runner`
+    names (threads or Dask)."""
     config = config or AugmentRunConfig()
-    return with_runner(augment_flow, config.runner)(config=config, store_root=store_root, out_dir=out_dir)
+    return call_subflow(with_runner(augment_flow, config.runner), config=config, store_root=store_root,
+                        out_dir=out_dir, max_cost_usd=max_cost_usd, allow_unbounded_spend=allow_unbounded_spend)

@@ -37,6 +37,7 @@ from recsys.config import (
     TrainConfig,
 )
 from recsys.data.errors import DataError
+from recsys.llm.pricing import require_budget
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="LLM-augmented graph recommendation.")
 console = Console()
@@ -50,6 +51,8 @@ SplitDir = Annotated[Path | None, typer.Option(help="Use this split: train/valid
 Epochs = Annotated[int, typer.Option(help="Maximum epochs; early stopping on valid usually ends sooner.")]
 Device = Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="auto: CUDA when present, else CPU.")]
 MaxCostUSD = Annotated[float | None, typer.Option(help="LLM budget: stop before spending more than this.")]
+AllowUnboundedSpend = Annotated[bool, typer.Option("--allow-unbounded-spend", help="Run against a priced model "
+                                                   "without --max-cost-usd (refused otherwise).")]
 Store = Annotated[Path | None, typer.Option(envvar=STORE_DIR_ENV, help="Artifact store shared by runs (default "
                                                                       "~/.cache/llmrec/store).")]
 Runner = Annotated[Literal["threads", "dask"], typer.Option(help="Where LLM and embedding batches run: threads in "
@@ -137,6 +140,7 @@ def augment(
     epochs: Epochs = 1000,
     out: Path = typer.Option(Path("runs/augment"), help="Output folder."),
     max_cost_usd: MaxCostUSD = None,
+    allow_unbounded_spend: AllowUnboundedSpend = False,
     users_per_batch: int = typer.Option(AugmentConfig().users_per_batch, help="Users per Prefect task run."),
     rpm: int = typer.Option(LLMConfig().rpm, help="Requests per minute allowed by your endpoint (0: no limit)."),
     tpm: int = typer.Option(LLMConfig().tpm, help="Tokens per minute allowed by your endpoint (0: no limit)."),
@@ -161,15 +165,17 @@ def augment(
             llm=LLMConfig(model=model, base_url=base_url, rpm=rpm or None, tpm=tpm or None, price_table=price_table,
                           prefect_rate_limit=prefect_rate_limit),
             augment=AugmentConfig(stages=tuple(s.strip() for s in stages.split(",") if s.strip()),
-                                  max_cost_usd=max_cost_usd, users_per_batch=users_per_batch),
+                                  users_per_batch=users_per_batch),
             runner=runner_config(runner, dask_address),
         )
+        require_budget(config.llm.model, max_cost_usd, allow_unbounded_spend, config.llm.price_table)
 
     from flows.augment import AugmentFailed, run_augment
     from tasks.ratelimit import RateLimitUnusable
 
     with expected(DataError, FileNotFoundError, AugmentFailed, RateLimitUnusable):
-        result = run_augment(config=config, store_root=str(store) if store else None, out_dir=str(out))
+        result = run_augment(config=config, store_root=str(store) if store else None, out_dir=str(out),
+                             max_cost_usd=max_cost_usd, allow_unbounded_spend=allow_unbounded_spend)
     console.print(f"rows: {result['rows']}; failed items: {result['failed']}; cost ${result['cost_usd']:.6f}")
     console.print(f"wrote {out}/*.parquet (this run's ledger rows: {out}/ledger.parquet); all runs' ledger: "
                   f"{result['ledger']}")
@@ -256,6 +262,7 @@ def run(
     device: Device = "auto",
     embed_backend: str = typer.Option("local", help="local (all-MiniLM-L6-v2, offline) or openai."),
     max_cost_usd: MaxCostUSD = None,
+    allow_unbounded_spend: AllowUnboundedSpend = False,
     out: Path = typer.Option(Path("runs/llmrec"), help="Output folder: metrics.parquet, report.md, report.png, "
                                                        "augment/."),
     store: Store = None,
@@ -276,24 +283,26 @@ def run(
             # (they are not part of any cache key).
             llm=LLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
                           **({"rpm": None, "tpm": None} if local else {})),
-            augment=AugmentConfig(max_cost_usd=max_cost_usd),
             embed=EmbedConfig(backend=embed_backend),  # type: ignore[arg-type]
             seeds=tuple(2020 + i for i in range(seeds)),
             runner=runner_config(runner, dask_address),
         )
         names = parse_variants(variants)
+        require_budget(config.llm.model, max_cost_usd, allow_unbounded_spend, config.llm.price_table)
 
     from flows.augment import AugmentFailed
 
     with expected(DataError, FileNotFoundError, AugmentFailed, LLMServerError):
-        result = run_pipeline(config, base_url or None, names, store, out)
+        result = run_pipeline(config, base_url or None, names, store, out, max_cost_usd=max_cost_usd,
+                              allow_unbounded_spend=allow_unbounded_spend)
     console.print(result["report"], markup=False, highlight=False)
     console.print(f"wrote {out / 'metrics.parquet'}, {out / 'report.md'}, {out / 'report.png'} and {out / 'augment'}/")
 
 
-def run_pipeline(config: RunConfig, base_url: str | None, variants: list[str], store: Path | None,
-                 out: Path) -> dict[str, Any]:
-    """The flow `run` against `base_url`, or, when it is None, against the local LLM server started for it."""
+def run_pipeline(config: RunConfig, base_url: str | None, variants: list[str], store: Path | None, out: Path, *,
+                 max_cost_usd: float | None = None, allow_unbounded_spend: bool = False) -> dict[str, Any]:
+    """The flow `run` (with its budget) against `base_url`, or, when it is None, against the local LLM server
+    started for it."""
     from flows.run import run_flow
 
     with contextlib.ExitStack() as stack:
@@ -303,7 +312,8 @@ def run_pipeline(config: RunConfig, base_url: str | None, variants: list[str], s
             base_url = stack.enter_context(local_llm_server())
             console.print(f"local LLM server listening at {base_url}; it stops when this run ends")
         return run_flow(config=config, store_root=str(store) if store else None, out_dir=str(out),
-                        base_url=base_url, variants=variants)
+                        base_url=base_url, variants=variants, max_cost_usd=max_cost_usd,
+                        allow_unbounded_spend=allow_unbounded_spend)
 
 
 # `ablate` is `run` (the same options and flow) with every variant by default.

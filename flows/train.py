@@ -134,15 +134,17 @@ def publish_report(frame: pd.DataFrame, report: str) -> None:
                           description="test metrics per variant, mean and std over seeds (paper Table 3)")
 
 
-def run_stage_two(config: RunConfig, store_root: str | None, out_dir: str | None,
-                  variants: list[str] | None) -> dict[str, Any]:
-    """The body of the `train` and `run` flows (call it inside a flow run)."""
+def run_stage_two(config: RunConfig, store_root: str | None, out_dir: str | None, variants: list[str] | None,
+                  max_cost_usd: float | None = None, allow_unbounded_spend: bool = False) -> dict[str, Any]:
+    """The body of the `train` and `run` flows (call it inside a flow run). `max_cost_usd` and
+    `allow_unbounded_spend` are the augment subflow's (flows/augment.py)."""
     logger = get_run_logger()
     names = parse_variants(variants)
     root = str(store_root or default_store_dir())
     out = Path(out_dir).expanduser() if out_dir else None
 
-    aug = run_augment(config=config.augment_run(), store_root=root, out_dir=str(out / "augment") if out else None)
+    aug = run_augment(config=config.augment_run(), store_root=root, out_dir=str(out / "augment") if out else None,
+                      max_cost_usd=max_cost_usd, allow_unbounded_spend=allow_unbounded_spend)
     refs: dict[str, Any] = dict(aug["refs"])
     batches: dict[str, list[str]] = aug["batches"]
     refs["features"] = embed_features(config, root, refs, batches, aug["ledger"])
@@ -163,8 +165,11 @@ def run_stage_two(config: RunConfig, store_root: str | None, out_dir: str | None
 
 @flow(name="train", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def train_flow(config: RunConfig | None = None, store_root: str | None = None, out_dir: str | None = None,
-               base_url: str | None = None, variants: list[str] | None = None) -> dict[str, Any]:
-    """LLMRec Stage 2: the augment subflow (no LLM request when its batches are stored), embeddings, then per
-    seed the LightGCN baseline and each variant in `variants` (default ["llmrec"]; see recsys/ablations.py),
-    and the report (metrics.parquet, report.png, report.md in `out_dir`, and Prefect artifacts)."""
-    return run_stage_two(with_base_url(config or RunConfig(), base_url), store_root, out_dir, variants)
+               base_url: str | None = None, variants: list[str] | None = None, max_cost_usd: float | None = None,
+               allow_unbounded_spend: bool = False) -> dict[str, Any]:
+    """LLMRec Stage 2: the augment subflow (no LLM request when its batches are stored; `max_cost_usd` and
+    `allow_unbounded_spend` are its budget, see flows/augment.py), embeddings, then per seed the LightGCN baseline
+    and each variant in `variants` (default ["llmrec"]; see recsys/ablations.py), and the report (metrics.parquet,
+    report.png, report.md in `out_dir`, and Prefect artifacts)."""
+    return run_stage_two(with_base_url(config or RunConfig(), base_url), store_root, out_dir, variants,
+                         max_cost_usd, allow_unbounded_spend)
