@@ -24,6 +24,7 @@ from storage.ledger import store_ledger_root
 from tasks.augment import BatchFailed, augment_batch, batch_ref, close_run, collect_stage, plan_batches
 from tasks.common import bind
 from tasks.cost import Budget
+from tasks.progress import PhaseProgress, duration
 from tasks.ratelimit import check_rate_limit
 
 ITEMS_FAILED = "items failed"  # a batch that wrote its answered items and recorded the others as failed
@@ -45,10 +46,12 @@ def _check_runner(config: AugmentRunConfig, logger: Any) -> None:
 
 
 def run_batches(start: Callable[[int], PrefectWrappedFuture[str, Any]], n: int, in_flight: int,
-                timeout_s: float | None, may_start: Callable[[list[int], int], bool]) -> tuple[dict[int, str], int]:
+                timeout_s: float | None, may_start: Callable[[list[int], int], bool],
+                on_finished: Callable[[int, str | None], None] | None = None) -> tuple[dict[int, str], int]:
     """Start batches 0..n-1 on the task runner, at most `in_flight` at once and each only while `may_start(finished
-    batches, number running)` (the budget) agrees. Returns why batches failed (number -> ITEMS_FAILED,
-    "crashed: <error>" or "abandoned: ...", in batch order) and how many were never started.
+    batches, number running)` (the budget) agrees; `on_finished(batch, why it failed or None)` as each ends.
+    Returns why batches failed (number -> ITEMS_FAILED, "crashed: <error>" or "abandoned: ...", in batch order) and
+    how many were never started.
 
     A batch with no result `timeout_s` after it was started is abandoned: its future is cancelled (a Dask task is
     released; a thread already running finishes on its own, and a re-run reuses what it saved).
@@ -72,27 +75,47 @@ def run_batches(start: Callable[[int], PrefectWrappedFuture[str, Any]], n: int, 
         for fut in done:
             i, _ = running.pop(fut)
             finished.append(i)
-            if i in failed:
-                continue
-            try:
-                fut.result()
-            except BatchFailed:
-                failed[i] = ITEMS_FAILED
-            except Exception as exc:  # the batch (or the worker running it) raised before writing anything
-                failed[i] = f"crashed: {type(exc).__name__}: {exc}"
+            if i not in failed:
+                try:
+                    fut.result()
+                except BatchFailed:
+                    failed[i] = ITEMS_FAILED
+                except Exception as exc:  # the batch (or the worker running it) raised before writing anything
+                    failed[i] = f"crashed: {type(exc).__name__}: {exc}"
+            if on_finished is not None:
+                on_finished(i, failed.get(i))
 
 
 def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, str], config: AugmentRunConfig,
               budget: Budget) -> tuple[list[str], dict[int, str], int]:
-    """The stage's batches on the flow's task runner (`run_batches`); returns their refs, why batches failed and
+    """The stage's batches on the flow's task runner (`run_batches`), with their progress (a log line per batch,
+    "batch 3 of 19", a terminal bar and a Prefect progress artifact); returns their refs, why batches failed and
     how many were not started."""
     task = bind(augment_batch, root)
     shared = {"dataset_ref": refs["dataset"], "split_ref": refs["split"], "candidates_ref": refs["candidates"],
               "llm": config.llm, "augment": config.augment}
-    failed, not_started = run_batches(
-        lambda i: task.submit(root, stage, i, batches[i], ledger_root=budget.ledger_root, **shared), len(batches),
-        config.augment.max_batches_in_flight, config.augment.batch_timeout_s,
-        lambda finished, running: budget.allows(stage, finished, running))
+    logger = get_run_logger()
+    n, done, failed_so_far = len(batches), [], []
+    with PhaseProgress(f"{stage}-batches", f"{stage}: LLM batches", n, "batches") as progress:
+
+        def finished(i: int, why: str | None) -> None:
+            done.append(i)
+            if why is not None:
+                failed_so_far.append(i)
+            progress.update(len(done), f"{len(failed_so_far)} failed" + (f" (batches {failed_so_far})"
+                                                                          if failed_so_far else ""))
+            eta = progress.eta()
+            logger.info("%s batch %d of %d %s; %d of %d batches done, %d failed%s", stage, i, n,
+                        "finished" if why is None else f"failed ({why})", len(done), n, len(failed_so_far),
+                        f", ETA {duration(eta)}" if eta is not None and len(done) < n else "")
+
+        failed, not_started = run_batches(
+            lambda i: task.submit(root, stage, i, batches[i], ledger_root=budget.ledger_root, n_batches=n, **shared),
+            n, config.augment.max_batches_in_flight, config.augment.batch_timeout_s,
+            lambda finished_batches, running: budget.allows(stage, finished_batches, running), finished)
+        if not_started:
+            progress.close(f"{len(failed_so_far)} failed; budget reached, {not_started} not started",
+                           complete=False)
     return [str(batch_ref({"stage": stage, "ids": ids, **shared})) for ids in batches], failed, not_started
 
 

@@ -323,6 +323,40 @@ app.command("ablate", context_settings={"default_map": {"variants": ",".join(VAR
     "(Table 7) in the report. Models `run` already trained come from the store."))(run)
 
 
+class ProgressLines:
+    """What `rerun --wait` shows while it waits: the flow run's state, and one bar per progress artifact of the
+    run (LLM batches, training epochs, embeddings; tasks/progress.py) on a terminal; elsewhere (piped, in a log)
+    one line each time a state or an artifact's text changes."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self.live = console.is_terminal
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f} %"),
+                             console=console, transient=False)
+        self.tasks: dict[str, Any] = {}
+        self.seen: dict[str, str] = {}
+
+    def __enter__(self) -> ProgressLines:
+        if self.live:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.bars.stop()
+
+    def __call__(self, state: str, phases: dict[str, tuple[str, float]]) -> None:
+        for key, (text, percent) in {"flow run": (f"flow run: {state}", -1.0), **phases}.items():
+            if self.live and percent >= 0:
+                if key not in self.tasks:
+                    self.tasks[key] = self.bars.add_task(escape(text), total=100)
+                self.bars.update(self.tasks[key], completed=percent, description=escape(text))
+            elif self.seen.get(key) != text:
+                (self.bars.console if self.live else console).print(escape(text), highlight=False, soft_wrap=True)
+            self.seen[key] = text
+
+
 @app.command()
 def rerun(
     flow_run_id: str = typer.Argument(..., help="Id of a Failed or Crashed flow run of a deployment."),
@@ -334,8 +368,8 @@ def rerun(
     from flows.ops import OpsError, rerun_summary
     from flows.ops import rerun as rerun_flow_run
 
-    with expected(OpsError):
-        report = rerun_flow_run(flow_run_id, wait=wait, timeout_s=timeout)
+    with expected(OpsError), ProgressLines() as show:
+        report = rerun_flow_run(flow_run_id, wait=wait, timeout_s=timeout, on_progress=show)
     console.print(f"flow run {report.flow_run_id} ({report.flow_run_name}) was {report.previous_state}; "
                   "scheduled again", highlight=False)
     if report.final_state is None:

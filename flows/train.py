@@ -32,6 +32,7 @@ from recsys.eval.report import ablation_table, metrics_frame, metrics_rows, repo
 from storage.atomic import atomic_path, write_json, write_parquet, write_text
 from storage.ledger import read_ledger
 from storage.store import ArtifactStore
+from tasks.artifacts import replace_earlier
 from tasks.common import bind
 from tasks.llmrec import evaluate_llmrec, train_llmrec
 from tasks.train import evaluate_model, train_model
@@ -126,10 +127,12 @@ def write_outputs(out: Path, frame: pd.DataFrame, report: str, png: bytes, confi
 
 def publish_report(frame: pd.DataFrame, report: str) -> None:
     """Prefect artifacts of the run: the report (Markdown) and the Table-3 summary (a table)."""
+    replace_earlier("llmrec-report")
     create_markdown_artifact(key="llmrec-report", markdown=report, description="LLMRec run report")
     table = ablation_table(frame, BASELINE)
     records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                for r in table.to_dict("records")]  # NaN is not JSON
+    replace_earlier("llmrec-ablation")
     create_table_artifact(key="llmrec-ablation", table=records,
                           description="test metrics per variant, mean and std over seeds (paper Table 3)")
 

@@ -94,8 +94,10 @@ def _item_inputs(store: ArtifactStore, ids: list[int], dataset_ref: str) -> list
 
 @stage_task(batch_ref, name="augment-batch", task_run_name="{stage}-batch-{batch}")
 def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], dataset_ref: str, split_ref: str,
-                  candidates_ref: str, llm: LLMConfig, augment: AugmentConfig, ledger_root: str) -> str:
-    """Ask the LLM for one batch; write its validated rows and its failures; fail the run if any item failed."""
+                  candidates_ref: str, llm: LLMConfig, augment: AugmentConfig, ledger_root: str,
+                  n_batches: int | None = None) -> str:
+    """Ask the LLM for one batch (number `batch` of the stage's `n_batches`, for the logs; neither is in its key);
+    write its validated rows and its failures; fail the run if any item failed."""
     store = ArtifactStore(store_root)
     params = {"stage": stage, "ids": ids, "dataset_ref": dataset_ref, "split_ref": split_ref,
               "candidates_ref": candidates_ref, "llm": llm, "augment": augment}
@@ -123,10 +125,11 @@ def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], datas
         w.table("rows", FRAMES[stage](outcomes, llm.model))
         w.table("failures", failures)
         w.json("summary", {"stage": stage, "batch": batch, "items": len(outcomes), "failed": len(failures)})
+    which = f"{stage} batch {batch}" + (f" of {n_batches}" if n_batches else "")
     if len(failures):
         reasons = "; ".join(f"{k}: {r}" for k, r in zip(failures["key"][:3], failures["reason"][:3], strict=False))
-        raise BatchFailed(f"{stage} batch {batch}: {len(failures)} of {len(outcomes)} items failed ({reasons})")
-    logger.info("%s batch %d: %d items answered", stage, batch, len(outcomes))
+        raise BatchFailed(f"{which}: {len(failures)} of {len(outcomes)} items failed ({reasons})")
+    logger.info("%s: %d items answered", which, len(outcomes))
     return str(ref)
 
 

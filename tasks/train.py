@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from prefect import get_run_logger
+from prefect.runtime import task_run
 
 from recsys.config import EvalConfig, ModelConfig, TrainConfig
 from recsys.data.dataset import DenseSplit
 from recsys.eval.ranking import evaluate
 from recsys.models.base import Recommender
 from recsys.models.factory import build_model
-from recsys.train.trainer import FitResult, fit, resolve_device
+from recsys.train.trainer import EpochReport, FitResult, fit, resolve_device
 from storage.store import ArtifactRef, ArtifactStore
 from tasks.common import read_dense_split, stage_ref, stage_task
+from tasks.progress import PhaseProgress
 
 
 @stage_task("train", name="train")
@@ -32,11 +35,25 @@ def train_model(store_root: str, split_ref: str, model: ModelConfig, train: Trai
 
 
 def fit_and_store(store: ArtifactStore, ref: ArtifactRef, params: dict[str, Any], net: Recommender,
-                  data: DenseSplit, train: TrainConfig, eval: EvalConfig, summary: dict[str, Any]) -> FitResult:
-    """Fit with early stopping on VALID, logging each epoch; store checkpoint, history and fit.json (`summary`
-    first, then the fit's numbers)."""
+                  data: DenseSplit, train: TrainConfig, eval: EvalConfig, summary: dict[str, Any],
+                  on_epoch: Callable[[EpochReport], None] | None = None) -> FitResult:
+    """Fit with early stopping on VALID, logging each epoch and showing the epochs' progress (tasks/progress.py);
+    store checkpoint, history and fit.json (`summary` first, then the fit's numbers). `on_epoch` is called after
+    those, with each epoch's report."""
     logger = get_run_logger()
-    result = fit(net, data, train, eval, on_epoch=lambda r: logger.info("%s", r.describe()))
+    name = str(task_run.name or summary.get("model", "train"))
+    # Keyed on the artifact being trained: the same card on a re-run, one card per model in an ablation.
+    with PhaseProgress(f"epochs-{ref.stage}-{ref.key[:12]}", f"{name}: training epochs", train.max_epochs,
+                       "epochs", at_most=True) as progress:
+
+        def each_epoch(report: EpochReport) -> None:
+            logger.info("%s", report.describe())
+            progress.update(report.epoch, epoch_detail(report, train))
+            if on_epoch is not None:
+                on_epoch(report)
+
+        result = fit(net, data, train, eval, on_epoch=each_epoch)
+        progress.close(f"best epoch {result.best_epoch}" + (", stopped early" if result.stopped_early else ""))
     with store.write(ref.stage, ref.key, params) as w:
         w.tensors("checkpoint", result.best_state)
         w.table("history", pd.DataFrame(result.history))  # one row per epoch: loss, its parts, valid metrics
@@ -51,6 +68,15 @@ def fit_and_store(store: ArtifactStore, ref: ArtifactRef, params: dict[str, Any]
     logger.info("%s: best epoch %d of %d; valid %s", summary.get("model"), result.best_epoch, result.epochs_run,
                 _fmt(result.best_valid))
     return result
+
+
+def epoch_detail(report: EpochReport, train: TrainConfig) -> str:
+    """The early-stopping state after an epoch: 'best epoch 12 (ndcg@10 0.2410), 3 of 10 evaluations without
+    improvement'."""
+    if report.best_epoch == 0:
+        return "not evaluated yet"
+    return (f"best epoch {report.best_epoch} ({train.monitor} {report.best_value:.4f}), "
+            f"{report.epochs_without_improvement} of {train.patience} evaluations without improvement")
 
 
 def _fmt(metrics: dict[str, float]) -> str:
