@@ -39,12 +39,19 @@ cleanup() {
     local t0=$SECONDS
     kill "-${stops[i]}" "${pids[i]}" 2>/dev/null || true
     for _ in $(seq 300); do kill -0 "${pids[i]}" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "${pids[i]}" 2>/dev/null; then
-      echo "ops_walkthrough: PID ${pids[i]} still running 30 s after one SIG${stops[i]}: killed" >&2
-      kill -KILL "${pids[i]}" 2>/dev/null || true
-      status=1
+    if kill -0 "${pids[i]}" 2>/dev/null && [ "${stops[i]}" = INT ]; then
+      # A second Ctrl-C: Prefect's worker then kills itself (SIGKILL), as the README says.
+      echo "the worker was still running 30 s after one Ctrl-C (SIGINT): a second one stops it; its last lines:"
+      tail -5 "$work/worker.log"
+      kill -INT "${pids[i]}" 2>/dev/null || true
+      for _ in $(seq 100); do kill -0 "${pids[i]}" 2>/dev/null || break; sleep 0.1; done
     elif [ "${stops[i]}" = INT ]; then
       echo "the worker stopped $((SECONDS - t0)) s after one Ctrl-C (SIGINT)"
+    fi
+    if kill -0 "${pids[i]}" 2>/dev/null; then
+      echo "ops_walkthrough: PID ${pids[i]} still running after SIG${stops[i]}: killed" >&2
+      kill -KILL "${pids[i]}" 2>/dev/null || true
+      status=1
     fi
   done
   rm -rf "$work" runs/ops-demo
