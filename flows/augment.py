@@ -18,9 +18,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.base import base_flow
 from flows.runners import runner_kind, with_runner
+from flows.subflows import call_subflow
 from recsys.augment.positions import position_table
 from recsys.config import AugmentRunConfig, default_store_dir
 from recsys.llm.batch import BatchAPIError
+from recsys.llm.pricing import require_budget
 from storage.ledger import store_ledger_root
 from storage.store import ArtifactStore
 from tasks.augment import (
@@ -37,6 +39,7 @@ from tasks.common import bind
 from tasks.cost import Budget
 from tasks.data import load_data
 from tasks.estimate import estimate_stage
+from tasks.progress import PhaseProgress, duration
 from tasks.ratelimit import check_rate_limit
 
 ITEMS_FAILED = "items failed"  # a batch that wrote its answered items and recorded the others as failed
@@ -58,10 +61,12 @@ def _check_runner(config: AugmentRunConfig, logger: Any) -> None:
 
 
 def run_batches(start: Callable[[int], PrefectWrappedFuture[str, Any]], n: int, in_flight: int,
-                timeout_s: float | None, may_start: Callable[[list[int], int], bool]) -> tuple[dict[int, str], int]:
+                timeout_s: float | None, may_start: Callable[[list[int], int], bool],
+                on_finished: Callable[[int, str | None], None] | None = None) -> tuple[dict[int, str], int]:
     """Start batches 0..n-1 on the task runner, at most `in_flight` at once and each only while `may_start(finished
-    batches, number running)` (the budget) agrees. Returns why batches failed (number -> ITEMS_FAILED,
-    "crashed: <error>" or "abandoned: ...", in batch order) and how many were never started.
+    batches, number running)` (the budget) agrees; `on_finished(batch, why it failed or None)` as each ends.
+    Returns why batches failed (number -> ITEMS_FAILED, "crashed: <error>" or "abandoned: ...", in batch order) and
+    how many were never started.
 
     A batch with no result `timeout_s` after it was started is abandoned: its future is cancelled (a Dask task is
     released; a thread already running finishes on its own, and a re-run reuses what it saved).
@@ -85,14 +90,15 @@ def run_batches(start: Callable[[int], PrefectWrappedFuture[str, Any]], n: int, 
         for fut in done:
             i, _ = running.pop(fut)
             finished.append(i)
-            if i in failed:
-                continue
-            try:
-                fut.result()
-            except BatchFailed:
-                failed[i] = ITEMS_FAILED
-            except Exception as exc:  # the batch (or the worker running it) raised before writing anything
-                failed[i] = f"crashed: {type(exc).__name__}: {exc}"
+            if i not in failed:
+                try:
+                    fut.result()
+                except BatchFailed:
+                    failed[i] = ITEMS_FAILED
+                except Exception as exc:  # the batch (or the worker running it) raised before writing anything
+                    failed[i] = f"crashed: {type(exc).__name__}: {exc}"
+            if on_finished is not None:
+                on_finished(i, failed.get(i))
 
 
 def run_batch_api(root: str, stage: str, batches: list[list[int]], refs: dict[str, str], config: AugmentRunConfig,
@@ -114,16 +120,35 @@ def run_batch_api(root: str, stage: str, batches: list[list[int]], refs: dict[st
 
 def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, str], config: AugmentRunConfig,
               budget: Budget, batch_jobs: list[str] | None = None) -> tuple[list[str], dict[int, str], int]:
-    """The stage's batches on the flow's task runner (`run_batches`); returns their refs, why batches failed and
+    """The stage's batches on the flow's task runner (`run_batches`), with their progress (a log line per batch,
+    "batch 3 of 19", a terminal bar and a Prefect progress artifact); returns their refs, why batches failed and
     how many were not started. `batch_jobs`: the Batch API jobs whose results they read (batch mode)."""
     task = bind(augment_batch, root)
     shared = {"dataset_ref": refs["dataset"], "split_ref": refs["split"], "candidates_ref": refs["candidates"],
               "llm": config.llm, "augment": config.augment}
-    failed, not_started = run_batches(
-        lambda i: task.submit(root, stage, i, batches[i], ledger_root=budget.ledger_root, batch_jobs=batch_jobs,
-                              **shared), len(batches),
-        config.augment.max_batches_in_flight, config.augment.batch_timeout_s,
-        lambda finished, running: budget.allows(stage, finished, running))
+    logger = get_run_logger()
+    n, done, failed_so_far = len(batches), [], []
+    with PhaseProgress(f"{stage}-batches", f"{stage}: LLM batches", n, "batches") as progress:
+
+        def finished(i: int, why: str | None) -> None:
+            done.append(i)
+            if why is not None:
+                failed_so_far.append(i)
+            progress.update(len(done), f"{len(failed_so_far)} failed" + (f" (batches {failed_so_far})"
+                                                                          if failed_so_far else ""))
+            eta = progress.eta()
+            logger.info("%s batch %d of %d %s; %d of %d batches done, %d failed%s", stage, i, n,
+                        "finished" if why is None else f"failed ({why})", len(done), n, len(failed_so_far),
+                        f", ETA {duration(eta)}" if eta is not None and len(done) < n else "")
+
+        failed, not_started = run_batches(
+            lambda i: task.submit(root, stage, i, batches[i], ledger_root=budget.ledger_root, n_batches=n,
+                                  batch_jobs=batch_jobs, **shared),
+            n, config.augment.max_batches_in_flight, config.augment.batch_timeout_s,
+            lambda finished_batches, running: budget.allows(stage, finished_batches, running), finished)
+        if not_started:
+            progress.close(f"{len(failed_so_far)} failed; budget reached, {not_started} not started",
+                           complete=False)
     return [str(batch_ref({"stage": stage, "ids": ids, **shared})) for ids in batches], failed, not_started
 
 
@@ -140,8 +165,8 @@ def stage_problems(stage: str, failed: dict[int, str], failed_items: int, not_st
 
 
 @flow(name="augment", task_runner=ThreadPoolTaskRunner(max_workers=8))
-def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None = None,
-                 out_dir: str | None = None) -> dict[str, Any]:
+def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None = None, out_dir: str | None = None,
+                 max_cost_usd: float | None = None, allow_unbounded_spend: bool = False) -> dict[str, Any]:
     """Base model -> candidates -> LLM augmentation of edges, profiles and attributes (paper §3.1, Figure 1).
 
     Writes augmented_edges / user_profiles / item_attributes Parquet (and augment_failures.parquet) to `out_dir`;
@@ -149,16 +174,22 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
     rows are also written to `<out_dir>/ledger.parquet`. The result's "batches" maps each stage to its batch refs:
     together they are that stage's artifact for later stages. Batches run on this flow's task runner: use
     `run_augment` to honour `config.runner`.
+
+    `max_cost_usd` is the run's LLM budget in USD: no new batch starts once the spend so far plus the dearest
+    batch seen would pass it. It is a parameter of its own, not part of `config`, so that a deployment's budget
+    survives a run that overrides `config`. A run against a priced model with no budget refuses to start
+    (UnboundedSpend, before any work) unless `allow_unbounded_spend`.
     """
     config = config or AugmentRunConfig()
+    require_budget(config.llm.model, max_cost_usd, allow_unbounded_spend, config.llm.price_table)
     logger = get_run_logger()
     _check_runner(config, logger)
     check_rate_limit(config.llm.prefect_rate_limit)  # before any work: a missing limit must not start the run
     root = str(store_root or default_store_dir())
     if config.augment.stages:  # before training and before any LLM call: items without text cannot be asked about
         require_item_text(ArtifactStore(root), bind(load_data, root)(root, config.data))
-    refs = base_flow(config=config.base(), store_root=root)["refs"]  # the base model and its candidates
-    budget = Budget(config.augment.max_cost_usd, str(store_ledger_root(root)), str(flow_run.id))
+    refs = call_subflow(base_flow, config=config.base(), store_root=root)["refs"]  # the base model, candidates
+    budget = Budget(max_cost_usd, str(store_ledger_root(root)), str(flow_run.id))
     batches, rows, failures, problems = {}, {}, [], []  # per stage: batch refs, rows written; failures; problems
     not_asked = 0
     for stage in config.augment.stages:
@@ -205,11 +236,13 @@ def edge_positions(root: str, edge_refs: list[str], n_candidates: int) -> pd.Dat
     return position_table(pd.concat(frames, ignore_index=True), n_candidates) if frames else None
 
 
-def run_augment(config: AugmentRunConfig | None = None, store_root: str | None = None,
-                out_dir: str | None = None) -> dict[str, Any]:
-    """`augment_flow` with its batches on the task runner `config.runner` names (threads or Dask)."""
+def run_augment(config: AugmentRunConfig | None = None, store_root: str | None = None, out_dir: str | None = None,
+                max_cost_usd: float | None = None, allow_unbounded_spend: bool = False) -> dict[str, Any]:
+    """`augment_flow` (a subflow when called in a flow run) with its batches on the task runner `config.runner`
+    names (threads or Dask)."""
     config = config or AugmentRunConfig()
-    return with_runner(augment_flow, config.runner)(config=config, store_root=store_root, out_dir=out_dir)
+    return call_subflow(with_runner(augment_flow, config.runner), config=config, store_root=store_root,
+                        out_dir=out_dir, max_cost_usd=max_cost_usd, allow_unbounded_spend=allow_unbounded_spend)
 
 
 @flow(name="estimate", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -218,7 +251,7 @@ def estimate_flow(config: AugmentRunConfig | None = None, store_root: str | None
     base model and its candidates (trained when not in the store), then every prompt built and counted."""
     config = config or AugmentRunConfig()
     root = str(store_root or default_store_dir())
-    refs = base_flow(config=config.base(), store_root=root)["refs"]
+    refs = call_subflow(base_flow, config=config.base(), store_root=root)["refs"]
     ledger_root = str(store_ledger_root(root))
     rows = []
     for stage in config.augment.stages:

@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llmsim import MODEL_ID
-from llmsim.cli import serve_command
+from llmsim.cli import faults_command, serve_command
 from llmsim.launch import LaunchError as LLMServerError
 from llmsim.launch import start_llm_server
 from recsys.ablations import FULL as FULL_VARIANT
@@ -53,6 +53,7 @@ from recsys.config import (
     TuneConfig,
 )
 from recsys.data.errors import DataError
+from recsys.llm.pricing import require_budget
 from recsys.train.errors import DeviceUnavailable
 
 # What a run of a flow may fail with that the user can fix: one line and exit code 2, never a traceback.
@@ -95,6 +96,8 @@ SplitDir = Annotated[Path | None, typer.Option(help="Use this split: train/valid
 Epochs = Annotated[int, typer.Option(help="Maximum epochs; early stopping on valid usually ends sooner.")]
 Device = Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="auto: CUDA when present, else CPU.")]
 MaxCostUSD = Annotated[float | None, typer.Option(help="LLM budget: stop before spending more than this.")]
+AllowUnboundedSpend = Annotated[bool, typer.Option("--allow-unbounded-spend", help="Run against a priced model "
+                                                   "without --max-cost-usd (refused otherwise).")]
 Store = Annotated[Path | None, typer.Option(envvar=STORE_DIR_ENV, help="Artifact store shared by runs (default "
                                                                       "~/.cache/llmrec/store).")]
 Runner = Annotated[Literal["threads", "dask"], typer.Option(help="Where LLM and embedding batches run: threads in "
@@ -329,6 +332,7 @@ def augment(
     epochs: Epochs = 1000,
     out: Path = typer.Option(Path("runs/augment"), help="Output folder."),
     max_cost_usd: MaxCostUSD = None,
+    allow_unbounded_spend: AllowUnboundedSpend = False,
     users_per_batch: int = typer.Option(AugmentConfig().users_per_batch, help="Users per Prefect task run."),
     rpm: int = typer.Option(LLMConfig().rpm, help="Requests per minute allowed by your endpoint (0: no limit)."),
     tpm: int = typer.Option(LLMConfig().tpm, help="Tokens per minute allowed by your endpoint (0: no limit)."),
@@ -365,11 +369,13 @@ def augment(
                           prefect_rate_limit=prefect_rate_limit,
                           **endpoint_fields(max_in_flight, timeout, structured_outputs)),
             augment=AugmentConfig(stages=tuple(s.strip() for s in stages.split(",") if s.strip()),
-                                  max_cost_usd=max_cost_usd, users_per_batch=users_per_batch,
+                                  users_per_batch=users_per_batch,
                                   **augment_fields(mode, batch_followup, sample_users, sample_items, candidate_order,
                                                    max_prompt_tokens)),
             runner=runner_config(runner, dask_address),
         )
+        if not estimate:  # an estimate spends nothing
+            require_budget(config.llm.model, max_cost_usd, allow_unbounded_spend, config.llm.price_table)
 
     from flows.augment import AugmentFailed, estimate_flow, run_augment
     from tasks.ratelimit import RateLimitUnusable
@@ -379,7 +385,8 @@ def augment(
             print_estimate(estimate_flow(config=config, store_root=str(store) if store else None), config.llm.model)
         return
     with expected(*RUN_ERRORS, AugmentFailed, RateLimitUnusable):
-        result = run_augment(config=config, store_root=str(store) if store else None, out_dir=str(out))
+        result = run_augment(config=config, store_root=str(store) if store else None, out_dir=str(out),
+                             max_cost_usd=max_cost_usd, allow_unbounded_spend=allow_unbounded_spend)
     print_positions(result["positions"])
     console.print(f"rows: {result['rows']}; failed items: {result['failed']}; not asked (no text, too few "
                   f"candidates): {result['not_asked']}; cost ${result['cost_usd']:.6f}")
@@ -398,7 +405,15 @@ def cost(
 ) -> None:
     """What the LLM calls cost: calls, cache hits, tokens and USD per group, from the cost ledger."""
     from recsys.config import default_store_dir
-    from recsys.costs import COST_COLUMNS, COST_HEADERS, cost_by, parse_since, spend_plot_png
+    from recsys.costs import (
+        COST_COLUMNS,
+        COST_HEADERS,
+        cost_by,
+        no_paid_reason,
+        paid_usd,
+        parse_since,
+        spend_plot_png,
+    )
     from storage.atomic import atomic_path
     from storage.ledger import LedgerNotFound, read_ledgers, store_ledger_root
 
@@ -412,22 +427,26 @@ def cost(
     summary = cost_by(rows, by)
     columns = [c for c in COST_COLUMNS if c != "unpriced" or summary[c].any()]  # unpriced: only when there are
     table = Table(title=f"LLM cost by {by} — {escape(where)}")
-    table.add_column(by, overflow="fold")
+    table.add_column(by, overflow="fold", min_width=36 if by == "flow-run" else None)  # a whole flow-run id
+    if "name" in summary:
+        table.add_column("flow run name", overflow="fold")
     for col in columns:
         table.add_column(COST_HEADERS[col], justify="right", no_wrap=True)
     records = summary.to_dict("records")
     for i, rec in enumerate(records):  # the last record is the total
         cells = [f"{rec[c]:.6f}" if c == "cost_usd" else f"{rec[c]:,}" for c in columns]
-        table.add_row(escape(str(rec["group"])), *cells, style="bold" if i == len(records) - 1 else None,
+        names = [escape(str(rec["name"]))] if "name" in summary else []
+        table.add_row(escape(str(rec["group"])), *names, *cells, style="bold" if i == len(records) - 1 else None,
                       end_section=i == len(records) - 2)
-    # Piped or captured: wide enough for whole flow-run ids and model names.
-    (console if console.is_terminal else Console(width=160)).print(table)
+    # Piped or captured: wide enough for whole flow-run ids, run names and model names.
+    (console if console.is_terminal else Console(width=200)).print(table)
     if int(summary["unpriced"].iloc[-1]):
         console.print("unpriced: answered calls to models missing from the price table (not in the USD column)")
     if plot is not None:
         with atomic_path(plot) as tmp:
             tmp.write_bytes(spend_plot_png(rows))
-        console.print(f"wrote {plot}")
+        paid = "" if paid_usd(rows) else f" (no paid calls: {no_paid_reason(rows)})"
+        console.print(f"wrote {plot}{paid}", highlight=False, soft_wrap=True)
 
 
 LOCAL_MODEL = MODEL_ID  # what the local server answers as
@@ -443,7 +462,7 @@ def local_llm_server() -> Iterator[str]:
 
 # Options of `run` that set part of the configuration: with --config, the file's configuration holds them.
 CONFIG_OPTIONS = ("model", "dataset", "data_dir", "items", "split", "split_dir", "split_overlap", "max_train_per_user",
-                  "cold_users", "epochs", "device", "embed_backend", "max_cost_usd", "mode", "batch_followup",
+                  "cold_users", "epochs", "device", "embed_backend", "mode", "batch_followup",
                   "sample_users", "sample_items", "max_in_flight", "timeout", "structured_outputs", "candidate_order",
                   "max_prompt_tokens")
 
@@ -470,6 +489,7 @@ def run(
     device: Device = "auto",
     embed_backend: str = typer.Option("local", help="local (all-MiniLM-L6-v2, offline) or openai."),
     max_cost_usd: MaxCostUSD = None,
+    allow_unbounded_spend: AllowUnboundedSpend = False,
     out: Path = typer.Option(Path("runs/llmrec"), help="Output folder: metrics.parquet, report.md, report.png, "
                                                        "augment/."),
     store: Store = None,
@@ -513,14 +533,16 @@ def run(
                 llm=LLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
                               **({"rpm": None, "tpm": None} if local else {}),
                               **endpoint_fields(max_in_flight, timeout, structured_outputs)),
-                augment=AugmentConfig(max_cost_usd=max_cost_usd, **augment_fields(
-                    mode, batch_followup, sample_users, sample_items, candidate_order, max_prompt_tokens)),
+                augment=AugmentConfig(**augment_fields(mode, batch_followup, sample_users, sample_items,
+                                                       candidate_order, max_prompt_tokens)),
                 embed=EmbedConfig(backend=embed_backend),  # type: ignore[arg-type]
                 seeds=tuple(2020 + i for i in range(seeds)),
             )
         config = config.model_copy(update={"runner": runner_config(runner, dask_address)})
         names = parse_variants(variants)
         tune = TuneConfig(trials=trials, trial_timeout_s=trial_timeout) if trials else None
+        if not estimate:  # an estimate spends nothing
+            require_budget(config.llm.model, max_cost_usd, allow_unbounded_spend, config.llm.price_table)
 
     from flows.augment import AugmentFailed, estimate_flow
     from recsys.tune.study import TuningFailed
@@ -532,7 +554,8 @@ def run(
         return
 
     with expected(*RUN_ERRORS, AugmentFailed, LLMServerError, TuningFailed):
-        result = run_pipeline(config, base_url or None, names, store, out, tune)
+        result = run_pipeline(config, base_url or None, names, store, out, tune, max_cost_usd=max_cost_usd,
+                              allow_unbounded_spend=allow_unbounded_spend)
     console.print(result["report"], markup=False, highlight=False)
     console.print(f"wrote {out / 'metrics.parquet'}, {out / 'report.md'}, {out / 'report.png'} and {out / 'augment'}/"
                   + (f"; the tuned configuration: {out / 'tuning' / 'best_config.json'}" if tune else ""))
@@ -559,16 +582,18 @@ def config_from_file(ctx: typer.Context, path: Path, seeds: int) -> RunConfig:
     return config
 
 
-def run_pipeline(config: RunConfig, base_url: str | None, variants: list[str], store: Path | None,
-                 out: Path, tune: TuneConfig | None = None) -> dict[str, Any]:
-    """The flow `run` (or `tune`) against `base_url`, or, when it is None, against the local LLM server started
-    for it."""
+def run_pipeline(config: RunConfig, base_url: str | None, variants: list[str], store: Path | None, out: Path,
+                 tune: TuneConfig | None = None, *, max_cost_usd: float | None = None,
+                 allow_unbounded_spend: bool = False) -> dict[str, Any]:
+    """The flow `run` (or `tune`), with its budget, against `base_url`, or, when it is None, against the local LLM
+    server started for it."""
     from flows.run import run_flow
     from flows.tune import tune_flow
 
     with contextlib.ExitStack() as stack:
         where = {"store_root": str(store) if store else None, "out_dir": str(out), "variants": variants,
-                 "base_url": endpoint(stack, base_url or config.llm.base_url, config.llm.model)}
+                 "base_url": endpoint(stack, base_url or config.llm.base_url, config.llm.model),
+                 "max_cost_usd": max_cost_usd, "allow_unbounded_spend": allow_unbounded_spend}
         if tune is not None:
             return tune_flow(config=config, tune=tune, **where)
         return run_flow(config=config, **where)
@@ -619,6 +644,7 @@ def llama4rec(
     epochs: Epochs = 1000,
     device: Device = "auto",
     max_cost_usd: MaxCostUSD = None,
+    allow_unbounded_spend: AllowUnboundedSpend = False,
     users_per_batch: int = typer.Option(AugmentConfig().users_per_batch, min=1, help="Users per Prefect task run."),
     out: Path = typer.Option(Path("runs/llama4rec"), help="Output folder: metrics.parquet, report.md, "
                                                           "instructions.jsonl, ..."),
@@ -639,7 +665,7 @@ def llama4rec(
             candidates=CandidateConfig(n_candidates=k_prime),
             llm=RankingLLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
                                  **({"rpm": None, "tpm": None} if local else {})),
-            augment=AugmentConfig(max_cost_usd=max_cost_usd, users_per_batch=users_per_batch),
+            augment=AugmentConfig(users_per_batch=users_per_batch),
             llama4rec=Llama4RecConfig(pairs_per_user=pairs_per_user),
             seeds=tuple(2020 + i for i in range(seeds)),
             runner=runner_config(runner, dask_address),
@@ -650,9 +676,44 @@ def llama4rec(
     with expected(*RUN_ERRORS, Llama4RecFailed, LLMServerError), contextlib.ExitStack() as stack:
         url = endpoint(stack, base_url or None, config.llm.model)
         config = config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": url})})
-        result = run_llama4rec(config=config, store_root=str(store) if store else None, out_dir=str(out))
+        result = run_llama4rec(config=config, store_root=str(store) if store else None, out_dir=str(out),
+                               max_cost_usd=max_cost_usd, allow_unbounded_spend=allow_unbounded_spend)
     console.print(result["report"], markup=False, highlight=False)
     console.print(f"wrote {out / 'report.md'}, {out / 'metrics.parquet'} and {out / 'instructions.jsonl'}")
+
+
+class ProgressLines:
+    """What `rerun --wait` shows while it waits: the flow run's state, and one bar per progress artifact of the
+    run (LLM batches, training epochs, embeddings; tasks/progress.py) on a terminal; elsewhere (piped, in a log)
+    one line each time a state or an artifact's text changes."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self.live = console.is_terminal
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f} %"),
+                             console=console, transient=False)
+        self.tasks: dict[str, Any] = {}
+        self.seen: dict[str, str] = {}
+
+    def __enter__(self) -> ProgressLines:
+        if self.live:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.bars.stop()
+
+    def __call__(self, state: str, phases: dict[str, tuple[str, float]]) -> None:
+        for key, (text, percent) in {"flow run": (f"flow run: {state}", -1.0), **phases}.items():
+            if self.live and percent >= 0:
+                if key not in self.tasks:
+                    self.tasks[key] = self.bars.add_task(escape(text), total=100)
+                self.bars.update(self.tasks[key], completed=percent, description=escape(text))
+            elif self.seen.get(key) != text:
+                (self.bars.console if self.live else console).print(escape(text), highlight=False, soft_wrap=True)
+            self.seen[key] = text
 
 
 @app.command()
@@ -666,8 +727,8 @@ def rerun(
     from flows.ops import OpsError, rerun_summary
     from flows.ops import rerun as rerun_flow_run
 
-    with expected(OpsError):
-        report = rerun_flow_run(flow_run_id, wait=wait, timeout_s=timeout)
+    with expected(OpsError), ProgressLines() as show:
+        report = rerun_flow_run(flow_run_id, wait=wait, timeout_s=timeout, on_progress=show)
     console.print(f"flow run {report.flow_run_id} ({report.flow_run_name}) was {report.previous_state}; "
                   "scheduled again", highlight=False)
     if report.final_state is None:
@@ -687,6 +748,7 @@ def rerun(
 
 
 app.command("llm-server")(serve_command)
+app.command("llm-faults")(faults_command)
 
 
 def main() -> None:

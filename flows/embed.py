@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.runners import with_runner
+from flows.subflows import call_subflow
 from recsys.config import EmbedConfig, RunnerConfig, default_store_dir
 from storage.ledger import store_ledger_root
 from tasks.common import bind
@@ -55,4 +56,4 @@ def run_embed(sources: Mapping[str, list[str]], embed: EmbedConfig | None = None
               ledger_root: str | None = None, runner: RunnerConfig | None = None) -> dict[str, Any]:
     """`embed_flow` with its task runs on the runner `runner` names (threads or Dask)."""
     flow_obj = with_runner(embed_flow, runner) if runner is not None else embed_flow
-    return flow_obj(sources=dict(sources), embed=embed, store_root=store_root, ledger_root=ledger_root)
+    return call_subflow(flow_obj, sources=dict(sources), embed=embed, store_root=store_root, ledger_root=ledger_root)

@@ -32,6 +32,7 @@ from recsys.augment.runner import failures_frame
 from recsys.config import Llama4RecRunConfig, default_store_dir
 from recsys.llama4rec.report import cost_rows, metrics_rows, report_markdown, selection_rows
 from recsys.llama4rec.variants import rankings_needed
+from recsys.llm.pricing import require_budget
 from storage.atomic import write_json, write_parquet, write_text
 from storage.ledger import read_ledger, store_ledger_root
 from storage.store import ArtifactStore
@@ -152,17 +153,21 @@ def write_instructions(store: ArtifactStore, ref: str, out: Path) -> int:
 
 @flow(name="llama4rec", task_runner=ThreadPoolTaskRunner(max_workers=8))
 def llama4rec_flow(config: Llama4RecRunConfig | None = None, store_root: str | None = None,
-                   out_dir: str | None = None) -> dict[str, Any]:
+                   out_dir: str | None = None, max_cost_usd: float | None = None,
+                   allow_unbounded_spend: bool = False) -> dict[str, Any]:
     """Llama4Rec's direct recommendation ([L4R] §4, protocol §5.1), per seed in `config.seeds`; see the module
     docstring for the stages and the files written to `out_dir`. Raises `Llama4RecFailed` (after writing what
-    succeeded) when LLM items stayed unanswered or the budget stopped the run."""
+    succeeded) when LLM items stayed unanswered or the budget stopped the run. `max_cost_usd` is the run's LLM
+    budget, outside `config` as for `augment` (flows/augment.py); a priced model without one refuses to start
+    unless `allow_unbounded_spend`."""
     config = config or Llama4RecRunConfig()
+    require_budget(config.llm.model, max_cost_usd, allow_unbounded_spend, config.llm.price_table)
     logger = get_run_logger()
     check_rate_limit(config.llm.prefect_rate_limit)  # before any work: a missing limit must not start the run
     root = str(store_root or default_store_dir())
     dataset = bind(load_data, root)(root, config.data)
     refs = {"dataset": dataset, "split": bind(split_data, root)(root, dataset, config.split)}
-    budget = Budget(config.augment.max_cost_usd, str(store_ledger_root(root)), str(flow_run.id))
+    budget = Budget(max_cost_usd, str(store_ledger_root(root)), str(flow_run.id))
     stages = LLMStages(root, config, budget, refs)
 
     l4r = config.llama4rec
@@ -216,7 +221,10 @@ def report(config: Llama4RecRunConfig, root: str, result: dict[str, Any], out_di
 
 
 def run_llama4rec(config: Llama4RecRunConfig | None = None, store_root: str | None = None,
-                  out_dir: str | None = None) -> dict[str, Any]:
+                  out_dir: str | None = None, max_cost_usd: float | None = None,
+                  allow_unbounded_spend: bool = False) -> dict[str, Any]:
     """`llama4rec_flow` with its batches on the task runner `config.runner` names (threads or Dask)."""
     config = config or Llama4RecRunConfig()
-    return with_runner(llama4rec_flow, config.runner)(config=config, store_root=store_root, out_dir=out_dir)
+    return with_runner(llama4rec_flow, config.runner)(config=config, store_root=store_root, out_dir=out_dir,
+                                                      max_cost_usd=max_cost_usd,
+                                                      allow_unbounded_spend=allow_unbounded_spend)

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterType,
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentFlowRunId,
@@ -116,9 +121,30 @@ def _attempt_task_runs(client: SyncPrefectClient, run: FlowRun, label: str) -> l
     return lines
 
 
-def rerun(flow_run_id: str, *, wait: bool = False, timeout_s: float = 3600.0, poll_s: float = 1.0) -> RerunReport:
+def run_progress(client: SyncPrefectClient, run: FlowRun, since: datetime) -> dict[str, tuple[str, float]]:
+    """artifact key -> (description, percent) of the progress artifacts (tasks/progress.py) that `run` and its
+    subflow runs, at any depth, created or updated since `since`."""
+    ids, frontier = [run.id], [run.id]
+    while frontier:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=frontier)))
+        frontier = [c.id for c in children if c.id not in ids]
+        ids += frontier
+    artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=ids), type=ArtifactFilterType(any_=["progress"])))
+    return {a.key or str(a.id): (a.description or a.key or "", float(a.data))  # type: ignore[arg-type]
+            for a in sorted(artifacts, key=lambda a: a.created or since)
+            if (a.updated or a.created or since) >= since}
+
+
+ProgressSink = Callable[[str, dict[str, tuple[str, float]]], None]  # (flow-run state, run_progress(...))
+
+
+def rerun(flow_run_id: str, *, wait: bool = False, timeout_s: float = 3600.0, poll_s: float = 1.0,
+          on_progress: ProgressSink | None = None) -> RerunReport:
     """Schedule the Failed or Crashed deployment run `flow_run_id` again (as `prefect flow-run retry`); with
-    `wait`, return once the new attempt has ended, listing its task runs (executed or Cached)."""
+    `wait`, return once the new attempt has ended, listing its task runs (executed or Cached), and meanwhile pass
+    the run's state and the progress of its phases (`run_progress`) to `on_progress` at every poll."""
     url = api_url()
     with get_client(sync_client=True) as client:
         _connect(client, url)
@@ -138,8 +164,11 @@ def rerun(flow_run_id: str, *, wait: bool = False, timeout_s: float = 3600.0, po
         if not wait:
             return report
         deadline = time.monotonic() + timeout_s
+        since = datetime.now(UTC)
         while True:
             now = client.read_flow_run(run.id)
+            if on_progress is not None:
+                on_progress(_state_name(now), run_progress(client, now, since))
             if now.state is not None and now.state.is_final() and now.run_count > run.run_count:
                 break
             if time.monotonic() > deadline:

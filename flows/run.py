@@ -21,8 +21,10 @@ __all__ = ["feature_inputs", "run_flow", "with_base_url"]
 
 @flow(name="run", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def run_flow(config: RunConfig | None = None, store_root: str | None = None, out_dir: str | None = None,
-             base_url: str | None = None, variants: list[str] | None = None) -> dict[str, Any]:
-    """Base model and candidates, LLM augmentation (subflow), embeddings of item text / user profiles / item
-    attributes, then the LightGCN baseline and each variant (default ["llmrec"]) trained and evaluated once per
-    seed; the report last."""
-    return run_stage_two(with_base_url(config or RunConfig(), base_url), store_root, out_dir, variants)
+             base_url: str | None = None, variants: list[str] | None = None, max_cost_usd: float | None = None,
+             allow_unbounded_spend: bool = False) -> dict[str, Any]:
+    """Base model and candidates, LLM augmentation (subflow; `max_cost_usd` and `allow_unbounded_spend` are its
+    budget, see flows/augment.py), embeddings of item text / user profiles / item attributes, then the LightGCN
+    baseline and each variant (default ["llmrec"]) trained and evaluated once per seed; the report last."""
+    return run_stage_two(with_base_url(config or RunConfig(), base_url), store_root, out_dir, variants,
+                         max_cost_usd, allow_unbounded_spend)

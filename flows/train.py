@@ -45,6 +45,7 @@ from recsys.models.llmrec import feature_group
 from storage.atomic import atomic_path, write_json, write_parquet, write_text
 from storage.ledger import read_ledger
 from storage.store import ArtifactStore
+from tasks.artifacts import replace_earlier
 from tasks.common import bind
 from tasks.llmrec import evaluate_llmrec, train_llmrec
 from tasks.train import evaluate_model, train_model
@@ -93,9 +94,12 @@ class StageTwoInputs:
     augment: dict[str, Any]
 
 
-def prepare_inputs(config: RunConfig, root: str, out: Path | None) -> StageTwoInputs:
-    """The augment subflow (no LLM request for batches already stored), then the embed subflow."""
-    aug = run_augment(config=config.augment_run(), store_root=root, out_dir=str(out / "augment") if out else None)
+def prepare_inputs(config: RunConfig, root: str, out: Path | None, max_cost_usd: float | None = None,
+                   allow_unbounded_spend: bool = False) -> StageTwoInputs:
+    """The augment subflow (no LLM request for batches already stored; `max_cost_usd` and `allow_unbounded_spend`
+    are its budget, flows/augment.py), then the embed subflow."""
+    aug = run_augment(config=config.augment_run(), store_root=root, out_dir=str(out / "augment") if out else None,
+                      max_cost_usd=max_cost_usd, allow_unbounded_spend=allow_unbounded_spend)
     batches: dict[str, list[str]] = aug["batches"]
     features = embed_features(config, root, aug["refs"], batches, aug["ledger"])
     edges = list(batches["edges"]) if "edges" in batches else None
@@ -220,21 +224,24 @@ def write_outputs(out: Path, frame: pd.DataFrame, report: str, png: bytes, confi
 
 def publish_report(frame: pd.DataFrame, report: str, baseline: str) -> None:
     """Prefect artifacts of the run: the report (Markdown) and the Table-3 summary (a table)."""
+    replace_earlier("llmrec-report")
     create_markdown_artifact(key="llmrec-report", markdown=report, description="LLMRec run report")
     table = ablation_table(frame, baseline)
     records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
                for r in table.to_dict("records")]  # NaN is not JSON
+    replace_earlier("llmrec-ablation")
     create_table_artifact(key="llmrec-ablation", table=records,
                           description="test metrics per variant, mean and std over seeds (paper Table 3)")
 
 
-def run_stage_two(config: RunConfig, store_root: str | None, out_dir: str | None,
-                  variants: list[str] | None) -> dict[str, Any]:
-    """The body of the `train` and `run` flows (call it inside a flow run)."""
+def run_stage_two(config: RunConfig, store_root: str | None, out_dir: str | None, variants: list[str] | None,
+                  max_cost_usd: float | None = None, allow_unbounded_spend: bool = False) -> dict[str, Any]:
+    """The body of the `train` and `run` flows (call it inside a flow run). `max_cost_usd` and
+    `allow_unbounded_spend` are the augment subflow's (flows/augment.py)."""
     names = parse_variants(variants)
     root = str(store_root or default_store_dir())
     out = Path(out_dir).expanduser() if out_dir else None
-    inputs = prepare_inputs(config, root, out)
+    inputs = prepare_inputs(config, root, out, max_cost_usd, allow_unbounded_spend)
     rows, trained = train_variants(config, root, inputs, names)
     result = report_run(config, root, out, inputs, rows, trained, names)
     get_run_logger().info("finished: variants %s, %d seeds", ", ".join(names), len(config.seeds))
@@ -243,8 +250,11 @@ def run_stage_two(config: RunConfig, store_root: str | None, out_dir: str | None
 
 @flow(name="train", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def train_flow(config: RunConfig | None = None, store_root: str | None = None, out_dir: str | None = None,
-               base_url: str | None = None, variants: list[str] | None = None) -> dict[str, Any]:
-    """LLMRec Stage 2: the augment subflow (no LLM request when its batches are stored), embeddings, then per
-    seed the LightGCN baseline and each variant in `variants` (default ["llmrec"]; see recsys/ablations.py),
-    and the report (metrics.parquet, report.png, report.md in `out_dir`, and Prefect artifacts)."""
-    return run_stage_two(with_base_url(config or RunConfig(), base_url), store_root, out_dir, variants)
+               base_url: str | None = None, variants: list[str] | None = None, max_cost_usd: float | None = None,
+               allow_unbounded_spend: bool = False) -> dict[str, Any]:
+    """LLMRec Stage 2: the augment subflow (no LLM request when its batches are stored; `max_cost_usd` and
+    `allow_unbounded_spend` are its budget, see flows/augment.py), embeddings, then per seed the LightGCN baseline
+    and each variant in `variants` (default ["llmrec"]; see recsys/ablations.py), and the report (metrics.parquet,
+    report.png, report.md in `out_dir`, and Prefect artifacts)."""
+    return run_stage_two(with_base_url(config or RunConfig(), base_url), store_root, out_dir, variants,
+                         max_cost_usd, allow_unbounded_spend)

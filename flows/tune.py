@@ -171,8 +171,8 @@ def tuning_section(summaries: dict[str, dict[str, Any]], tune: TuneConfig, monit
 
 @flow(name="tune", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def tune_flow(config: RunConfig | None = None, tune: TuneConfig | None = None, store_root: str | None = None,
-              out_dir: str | None = None, base_url: str | None = None,
-              variants: list[str] | None = None) -> dict[str, Any]:
+              out_dir: str | None = None, base_url: str | None = None, variants: list[str] | None = None,
+              max_cost_usd: float | None = None, allow_unbounded_spend: bool = False) -> dict[str, Any]:
     """Augment and embed as `run`, tune the backbone and LLMRec on validation, then train both tuned models (and
     `variants` of the tuned LLMRec, default ["llmrec"]) over the seeds and report. Outputs in `out_dir` as `run`,
     plus tuning/ (the Optuna journal, per model trials.parquet, PNG plots and best_config.json, and
@@ -183,7 +183,7 @@ def tune_flow(config: RunConfig | None = None, tune: TuneConfig | None = None, s
     root = str(store_root or default_store_dir())
     out = Path(out_dir).expanduser() if out_dir else None
     folder = (out if out else Path(root) / "_tuning") / "tuning"
-    inputs = prepare_inputs(config, root, out)
+    inputs = prepare_inputs(config, root, out, max_cost_usd, allow_unbounded_spend)
     tuned, summaries = tune_models(config, tune, root, inputs, folder)
     rows, trained = train_variants(tuned, root, inputs, names)
     extra = tuning_section(summaries, tune, config.train.monitor)

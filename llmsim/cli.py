@@ -10,7 +10,7 @@ import signal
 import socket
 import threading
 import time
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 
 import typer
@@ -36,10 +36,11 @@ class LogLevel(StrEnum):
     debug = "debug"
 
 
-def _fault(name: str) -> Any:
-    """The option of one FaultConfig field: `--error-rate`, env LLMREC_SERVER_ERROR_RATE, the field's description."""
-    return typer.Option(None, f"--{name.replace('_', '-')}", envvar=ENV_PREFIX + name.upper(), show_default=False,
-                        help=FaultConfig.model_fields[name].description)
+def _fault(name: str, *, env: bool = True) -> Any:
+    """The option of one FaultConfig field: `--error-rate`, env LLMREC_SERVER_ERROR_RATE (with `env`), the field's
+    description."""
+    return typer.Option(None, f"--{name.replace('_', '-')}", envvar=ENV_PREFIX + name.upper() if env else None,
+                        show_default=False, help=FaultConfig.model_fields[name].description)
 
 
 def serve_command(
@@ -72,14 +73,7 @@ def serve_command(
 ) -> None:
     """Serve the local OpenAI-compatible endpoint (NOT a language model: transparent heuristics for offline runs
     and tests), with the fault flags below switched on."""
-    given = {name: value for name, value in locals().items() if name in FaultConfig.model_fields}  # the fault flags
-    if given["structured_outputs"] is not None:
-        given["structured_outputs"] = given["structured_outputs"].value
-    try:
-        faults = FaultConfig(**{name: value for name, value in given.items() if value is not None})
-    except ValidationError as exc:
-        problems = "; ".join(f"{error['loc'][0]}: {error['msg']}" for error in exc.errors())
-        raise typer.BadParameter(f"invalid fault settings: {problems}") from None
+    faults = _fault_config(locals())
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
     try:
@@ -87,6 +81,18 @@ def serve_command(
     except OSError as exc:  # e.g. address already in use
         typer.echo(f"llmrec-llm-server: cannot listen on {host}:{port}: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _fault_config(options: dict[str, Any]) -> FaultConfig:
+    """The FaultConfig of the fault flags among a command's `options` (None: not given; an Enum choice gives its
+    value), or a usage error."""
+    given = {k: v.value if isinstance(v, Enum) else v for k, v in options.items()
+             if k in FaultConfig.model_fields and v is not None}
+    try:
+        return FaultConfig(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"{error['loc'][0]}: {error['msg']}" for error in exc.errors())
+        raise typer.BadParameter(f"invalid fault settings: {problems}") from None
 
 
 def _exit_with_parent(pid: int, interval_s: float = 1.0) -> None:
@@ -138,3 +144,44 @@ def serve(host: str = "127.0.0.1", port: int = 8000, faults: FaultConfig | None 
     print(f"{LISTENING} http://{shown_host}:{sock.getsockname()[1]}", flush=True)
     with contextlib.closing(sock):
         uvicorn.Server(config).run(sockets=[sock])
+
+
+def faults_command(
+    url: str = typer.Option("http://127.0.0.1:8000", envvar="OPENAI_BASE_URL", help="The running local server: "
+                            "its /v1 address (as in OPENAI_BASE_URL) or its root."),
+    clear: bool = typer.Option(False, "--clear", help="Switch every fault off."),
+    rpm_limit: int | None = _fault("rpm_limit", env=False),
+    error_rate: float | None = _fault("error_rate", env=False),
+    latency_ms: float | None = _fault("latency_ms", env=False),
+    hang_rate: float | None = _fault("hang_rate", env=False),
+    hang_s: float | None = _fault("hang_s", env=False),
+    malformed_rate: float | None = _fault("malformed_rate", env=False),
+    out_of_candidates_rate: float | None = _fault("out_of_candidates_rate", env=False),
+    drop_rate: float | None = _fault("drop_rate", env=False),
+    fail_match: str | None = _fault("fail_match", env=False),
+    seed: int | None = _fault("seed", env=False),
+) -> None:
+    """Show the fault settings of a running local server, switch them all off (--clear), or replace them with the
+    fault flags given (those not given go back to off). Its request counters are not touched."""
+    import httpx
+
+    given = _fault_config(locals()).model_dump(exclude_unset=True)
+    if clear and given:
+        raise typer.BadParameter("--clear switches every fault off: give it alone, or give only the faults to keep")
+    root = url.rstrip("/").removesuffix("/v1")
+    try:
+        with httpx.Client(base_url=root, timeout=10.0) as http:
+            response = http.post("/admin/faults", json=given) if clear or given else http.get("/admin/faults")
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: no local LLM server answers at {root} ({exc}); is `llmrec llm-server` running there?",
+                   err=True)
+        raise typer.Exit(2) from None
+    if response.status_code != 200:
+        typer.echo(f"error: {root}/admin/faults answered HTTP {response.status_code}: {response.text[:300]} (is it "
+                   "the local server, `llmrec llm-server`?)", err=True)
+        raise typer.Exit(2)
+    settings = response.json()
+    on = {k: v for k, v in settings.items() if v and k not in ("hang_s", "seed")}
+    if settings.get("hang_rate"):
+        on["hang_s"] = settings["hang_s"]
+    typer.echo(f"faults at {root}: " + (", ".join(f"{k}={v}" for k, v in on.items()) if on else "none (all off)"))

@@ -228,7 +228,6 @@ class AugmentConfig(_Config):
     items_per_batch: int = Field(100, gt=0)
     items_per_request: int = Field(10, gt=0)  # the official script sends 1 item per request; we batch
     max_history: int | None = None  # official code sends the whole training history; None keeps that
-    max_cost_usd: float | None = Field(None, gt=0)  # stop scheduling batches before this would be exceeded
     max_batches_in_flight: int = Field(4, ge=1)  # batch task runs at once; each runs max_in_flight requests
     # A batch with no result this many seconds after it was submitted is given up, so that a stuck or lost worker
     # cannot stall the flow: the run fails naming it, and a re-run asks again only what the batch did not save.
@@ -253,6 +252,15 @@ class AugmentConfig(_Config):
     batch_window: Literal["24h"] = "24h"  # the only completion window OpenAI offers
     batch_poll_s: float = Field(10.0, gt=0)  # first wait between status checks, doubled up to batch_poll_max_s
     batch_poll_max_s: float = Field(300.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_is_a_flow_parameter(cls, data: object) -> object:
+        if isinstance(data, dict) and "max_cost_usd" in data:
+            raise ValueError("the LLM budget is not part of config.augment: pass it as the flow parameter "
+                             "max_cost_usd (`--max-cost-usd` on the command line), so that overriding `config` "
+                             "cannot drop it")
+        return data
 
 
 class AugmentRunConfig(BaseRunConfig):

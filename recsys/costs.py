@@ -62,13 +62,33 @@ def summarize(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 def cost_by(rows: pd.DataFrame, by: str) -> pd.DataFrame:
     """One row per group (`by`: stage, model, day or flow-run), sorted by group, then a `total` row; columns
-    `group` and COST_COLUMNS."""
+    `group` and COST_COLUMNS, and for flow-run also `name` (the run's name, "" for rows written without one)."""
     if by not in GROUPINGS:
         raise ValueError(f"--by: unknown grouping {by!r}; choose one of {', '.join(GROUPINGS)}")
     if by == "day":
         rows = rows.assign(day=rows["timestamp"].dt.strftime("%Y-%m-%d"))
     groups = summarize(rows, [GROUPINGS[by]]).rename(columns={GROUPINGS[by]: "group"}).to_dict("records")
-    return pd.DataFrame([*groups, {"group": TOTAL, **totals(rows)}], columns=["group", *COST_COLUMNS])
+    out = pd.DataFrame([*groups, {"group": TOTAL, **totals(rows)}], columns=["group", *COST_COLUMNS])
+    if by == "flow-run":
+        names = rows.dropna(subset=["flow_run_name"]).groupby("flow_run_id")["flow_run_name"].first()
+        out.insert(1, "name", out["group"].map(names.to_dict()).fillna("").astype(str))
+    return out
+
+
+def paid_usd(rows: pd.DataFrame) -> float:
+    """USD of the rows' paid calls (0 when every call was free, unpriced or a cache hit)."""
+    return float(totals(rows)["cost_usd"]) if len(rows) else 0.0
+
+
+def no_paid_reason(rows: pd.DataFrame) -> str:
+    """Why rows with no spend paid nothing, in words: calls to free or unpriced models, or cache hits only."""
+    t = totals(rows) if len(rows) else {"calls": 0, "cache_hits": 0, "unpriced": 0}
+    if not t["calls"]:
+        return f"{t['cache_hits']:,} cache hits, no HTTP call"
+    models = ", ".join(sorted(rows.loc[~rows["cached"], "model"].dropna().astype(str).unique()))
+    if t["unpriced"]:
+        return f"{t['calls']:,} calls to models without a price: {models}"
+    return f"{t['calls']:,} calls, all to free models: {models}"
 
 
 def cumulative_spend(rows: pd.DataFrame) -> pd.DataFrame:
@@ -81,14 +101,23 @@ def cumulative_spend(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def spend_plot_png(rows: pd.DataFrame, title: str = "LLM spend over time") -> bytes:
-    """A PNG: cumulative USD against time, one line per stage."""
+    """A PNG: cumulative USD against time, one line per stage; when nothing was paid (a free or unpriced model,
+    or only cache hits), the words "no paid calls" instead of flat lines on a meaningless axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend, no display
     from matplotlib.figure import Figure
 
-    spend = cumulative_spend(rows)
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    if not paid_usd(rows):
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, f"no paid calls\n({no_paid_reason(rows)})", ha="center", va="center", fontsize=14,
+                transform=ax.transAxes)
+        ax.set_title(title)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    spend = cumulative_spend(rows)
     for stage, part in spend.groupby("stage", sort=True):
         times = part["timestamp"].dt.tz_convert("UTC").dt.tz_localize(None)
         ax.step(times, part["cumulative_usd"], where="post", label=str(stage))

@@ -33,11 +33,11 @@ PARTITION = "flow_run_id"
 STORE_LEDGER_DIR = "ledger"  # <store>/ledger: the one ledger every run writes to and `llmrec cost` reads
 COLUMNS = [
     "timestamp", "flow_run_id", "stage", "batch", "model", "prompt_tokens", "completion_tokens", "cached",
-    "latency_s", "attempt", "retries", "outcome", "cost_usd", "mode",
+    "latency_s", "attempt", "retries", "outcome", "cost_usd", "mode", "flow_run_name",
 ]
 _INT_COLUMNS = ["prompt_tokens", "completion_tokens", "attempt", "retries"]
 _FLOAT_COLUMNS = ["latency_s", "cost_usd"]
-_STR_COLUMNS = ["flow_run_id", "stage", "batch", "model", "outcome", "mode"]
+_STR_COLUMNS = ["flow_run_id", "stage", "batch", "model", "outcome", "mode", "flow_run_name"]
 DEFAULT_MODE = "normal"  # rows written before the Batch API mode existed were normal requests
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -72,10 +72,13 @@ def _plain(value: Any) -> Any:
 class LedgerWriter:
     """Appends ledger rows for one flow run; thread-safe; use as a context manager or call `close()`.
 
-    `name` tells writers apart (e.g. the task run); a random suffix keeps two writers with the same name apart."""
+    `name` tells writers apart (e.g. the task run); a random suffix keeps two writers with the same name apart.
+    `flow_run_name` (the run's readable name, for `llmrec cost --by flow-run`) is written into every row."""
 
-    def __init__(self, root: str | Path, flow_run_id: str, name: str, *, fsync: bool = False) -> None:
+    def __init__(self, root: str | Path, flow_run_id: str, name: str, *, flow_run_name: str | None = None,
+                 fsync: bool = False) -> None:
         self.flow_run_id = _check(flow_run_id, "flow_run_id")
+        self.flow_run_name = flow_run_name
         self.folder = Path(root) / f"{PARTITION}={self.flow_run_id}"
         self.folder.mkdir(parents=True, exist_ok=True)
         stem = f"{_check(name, 'writer name')}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -91,6 +94,8 @@ class LedgerWriter:
         record = {str(k): _plain(v) for k, v in row.items()}
         record["timestamp"] = _iso(row.get("timestamp"))
         record[PARTITION] = self.flow_run_id
+        if self.flow_run_name is not None:
+            record["flow_run_name"] = self.flow_run_name
         line = json.dumps(record, default=str, allow_nan=True) + "\n"
         with self._lock:
             if self._file.closed:

@@ -171,7 +171,8 @@ def batch_client(store_root: str, llm: LLMConfig, ledger_root: str, stage: str, 
     part file of its own, `<stage>-<batch>-<unique>`)."""
     run_id = str(flow_run.id or "no-flow-run")
     with (
-        LedgerWriter(ledger_root, run_id, f"{stage}-{batch:05d}-{uuid.uuid4().hex[:8]}") as ledger,
+        LedgerWriter(ledger_root, run_id, f"{stage}-{batch:05d}-{uuid.uuid4().hex[:8]}",
+                     flow_run_name=flow_run.name) as ledger,
         LLMClient(llm, cache_dir=llm_cache_dir(store_root, llm), answer_schema=schema,
                   usage_sink=lambda e: ledger.append(_ledger_row(e, run_id)),
                   before_request=prefect_rate_limit_hook(llm.prefect_rate_limit)) as client,
@@ -180,7 +181,7 @@ def batch_client(store_root: str, llm: LLMConfig, ledger_root: str, stage: str, 
 
 
 def write_batch(store: ArtifactStore, ref: ArtifactRef, params: Mapping[str, Any], stage: str, batch: int,
-                rows: pd.DataFrame, outcomes: list[ItemOutcome]) -> None:
+                rows: pd.DataFrame, outcomes: list[ItemOutcome], n_batches: int | None = None) -> None:
     """Write a batch's validated `rows` and its failed items (replacing what an earlier attempt wrote); raise
     `BatchFailed` when an item failed, so that the task run fails and a re-run asks again."""
     failures = failures_frame(outcomes, stage)
@@ -188,17 +189,19 @@ def write_batch(store: ArtifactStore, ref: ArtifactRef, params: Mapping[str, Any
         w.table("rows", rows)
         w.table("failures", failures)
         w.json("summary", {"stage": stage, "batch": batch, "items": len(outcomes), "failed": len(failures)})
+    which = f"{stage} batch {batch}" + (f" of {n_batches}" if n_batches else "")
     if len(failures):
         reasons = "; ".join(f"{k}: {r}" for k, r in zip(failures["key"][:3], failures["reason"][:3], strict=False))
-        raise BatchFailed(f"{stage} batch {batch}: {len(failures)} of {len(outcomes)} items failed ({reasons})")
-    get_run_logger().info("%s batch %d: %d items answered", stage, batch, len(outcomes))
+        raise BatchFailed(f"{which}: {len(failures)} of {len(outcomes)} items failed ({reasons})")
+    get_run_logger().info("%s: %d items answered", which, len(outcomes))
 
 
 @stage_task(batch_ref, name="augment-batch", task_run_name="{stage}-batch-{batch}")
 def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], dataset_ref: str, split_ref: str,
                   candidates_ref: str, llm: LLMConfig, augment: AugmentConfig, ledger_root: str,
-                  batch_jobs: list[str] | None = None) -> str:
-    """Ask the LLM for one batch; write its validated rows and its failures; fail the run if any item failed.
+                  batch_jobs: list[str] | None = None, n_batches: int | None = None) -> str:
+    """Ask the LLM for one batch (number `batch` of the stage's `n_batches`, for the logs; neither is in its key);
+    write its validated rows and its failures; fail the run if any item failed.
 
     In batch mode (`batch_jobs`: the Batch API jobs of this stage), answers come from those jobs' results and the
     response cache; what they lack fails, or, with `augment.batch_followup` "normal", is asked by normal requests.
@@ -216,7 +219,7 @@ def augment_batch(store_root: str, stage: str, batch: int, ids: list[int], datas
             asker = DeferredChat(client, answers, errors, http=augment.batch_followup == "normal",
                                  rounds=len(batch_jobs))
         outcomes = stage_outcomes(asker, store, stage, ids, refs, llm, augment, tags)
-    write_batch(store, ref, params, stage, batch, FRAMES[stage](outcomes, llm.model), outcomes)
+    write_batch(store, ref, params, stage, batch, FRAMES[stage](outcomes, llm.model), outcomes, n_batches)
     return str(ref)
 
 

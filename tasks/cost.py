@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from recsys.costs import summarize, totals
 from storage.ledger import read_ledger
+from tasks.artifacts import replace_earlier
 
 
 @dataclass
@@ -40,14 +41,23 @@ class Budget:
         return spent + (running + 1) * dearest <= self.max_cost_usd
 
 
+# The UI shows a table artifact's columns in this order and cuts what does not fit its width (about 1,400 px
+# here): what the on-call engineer looks for first (failed items, USD) comes first, counts of calls and tokens last.
+COST_TABLE_COLUMNS = ["stage", "model", "failed_items", "cost_usd", "calls", "cache_hits", "failed_calls",
+                      "prompt_tokens", "completion_tokens"]
+
+
 def cost_table(rows: pd.DataFrame, failures: pd.DataFrame) -> list[dict[str, object]]:
-    """recsys/costs.py `totals` per stage and model, with the failed items of each stage."""
+    """recsys/costs.py `totals` per stage and model, with the failed items of each stage, in COST_TABLE_COLUMNS
+    order (plus `unpriced` when some call had no price)."""
     failed = failures["stage"].value_counts().to_dict() if len(failures) else {}
     table = summarize(rows, ["stage", "model"]).round({"cost_usd": 6})
     out = [{**r, "failed_items": int(failed.get(r["stage"], 0))} for r in table.to_dict("records")]
     seen = set(table["stage"])  # stages with failed items but no ledger row in this run
-    return out + [{"stage": s, "model": "", **totals(rows.iloc[:0]), "failed_items": int(n)}
-                  for s, n in failed.items() if s not in seen]
+    out += [{"stage": s, "model": "", **totals(rows.iloc[:0]), "failed_items": int(n)}
+            for s, n in failed.items() if s not in seen]
+    columns = COST_TABLE_COLUMNS + (["unpriced"] if any(r["unpriced"] for r in out) else [])
+    return [{c: r[c] for c in columns} for r in out]
 
 
 def budget_lines(run_usd: float, ledger_usd: float, budget: float | None, ledger_root: str) -> str:
@@ -64,6 +74,7 @@ def publish_cost(rows: pd.DataFrame, failures: pd.DataFrame, budget: float | Non
     """Prefect artifacts of one augment run (its ledger `rows` and failed items): the cost table, and this run's
     spend and the ledger's running total (every run in `ledger_root`) against the budget. Returns the spend."""
     table = cost_table(rows, failures)
+    replace_earlier("augment-cost")
     create_table_artifact(key="augment-cost", table=table, description="LLM calls, tokens, cost and failures")
     spent = float(totals(rows)["cost_usd"])
     ledger_usd = float(totals(read_ledger(ledger_root))["cost_usd"])
@@ -71,5 +82,6 @@ def publish_cost(rows: pd.DataFrame, failures: pd.DataFrame, budget: float | Non
     md += ("\n| stage | model | calls | cache hits | cost USD | failed |\n|---|---|---|---|---|---|\n"
            + "".join(f"| {r['stage']} | {r['model']} | {r['calls']} | {r['cache_hits']} | {r['cost_usd']} | "
                      f"{r['failed_items']} |\n" for r in table))
+    replace_earlier("augment-cost-summary")
     create_markdown_artifact(key="augment-cost-summary", markdown=md, description="spend against budget")
     return spent

@@ -31,6 +31,7 @@ from storage.keys import content_key
 from storage.ledger import LedgerWriter, store_ledger_root
 from storage.store import ArtifactRef, ArtifactStore
 from tasks.common import stage_task, table_digests
+from tasks.progress import PhaseProgress
 from tasks.ratelimit import prefect_rate_limit_hook
 
 STAGE = "embed"
@@ -102,7 +103,7 @@ def embed_source(store_root: str, source: str, input_refs: list[str], embed: Emb
     ledger = None
     if embed.backend == "openai":
         ledger = LedgerWriter(ledger_root or store_ledger_root(store_root), run_id,
-                              f"embed-{source}-{uuid.uuid4().hex[:8]}")
+                              f"embed-{source}-{uuid.uuid4().hex[:8]}", flow_run_name=flow_run.name)
 
     def sink(event: UsageEvent) -> None:
         assert ledger is not None
@@ -116,7 +117,9 @@ def embed_source(store_root: str, source: str, input_refs: list[str], embed: Emb
                             if embed.backend == "openai" else None)
     try:
         encoder = CachedEmbedder(backend, vectors, batch_size=embed.batch_size, dimensions=embed.dimensions)
-        matrix = encoder.encode(texts)
+        with PhaseProgress(f"embed-{ref.key[:12]}", f"embed {source}", None, "texts to compute") as progress:
+            matrix = encoder.encode(texts, on_batch=lambda done, total: progress.update(
+                done, f"{len(texts)} texts in all, the others from the cache", total=total))
     finally:
         vectors.close()
         if hasattr(backend, "close"):

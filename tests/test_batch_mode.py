@@ -34,6 +34,11 @@ from tests.conftest import SMALL_USERS as N_USERS
 PRICES = {"gpt-4o-mini": (0.15, 0.60)}  # USD per 1M tokens, normal requests (batch: half)
 
 
+def augment(**kwargs: Any) -> dict[str, Any]:
+    """`augment_flow` on gpt-4o-mini prices at the local server, which costs nothing: no budget needed."""
+    return augment_flow(allow_unbounded_spend=True, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[LLMServer]:
     with start_llm_server(batch_duration_s=0.2) as started:
@@ -89,7 +94,7 @@ def test_partial_errors_go_to_follow_up_batches(small_movielens: Path, sim: LLMS
     """20 % of the batch's requests fail: each round resubmits only what is unanswered, every user ends answered,
     and every answer is a ledger row at batch prices."""
     sim.set_faults(batch_duration_s=0.2, batch_error_rate=0.2, seed=5)
-    result = augment_flow(config=config(small_movielens, sim, 0.61, batch_rounds=5), store_root=store,
+    result = augment(config=config(small_movielens, sim, 0.61, batch_rounds=5), store_root=store,
                           out_dir=str(tmp_path / "out"))
     stats = sim.stats()
     assert result["failed"] == 0 and result["rows"] == {"profiles": N_USERS}
@@ -111,7 +116,7 @@ def test_expired_batch_then_normal_requests(small_movielens: Path, sim: LLMServe
     """The batch expires with half its requests answered; with batch_followup "normal" the other half is asked
     by normal requests, priced at normal prices."""
     sim.set_faults(batch_duration_s=0.2, batch_expire_after=0.5)
-    result = augment_flow(config=config(small_movielens, sim, 0.62, batch_followup="normal"), store_root=store,
+    result = augment(config=config(small_movielens, sim, 0.62, batch_followup="normal"), store_root=store,
                           out_dir=str(tmp_path / "out"))
     stats = sim.stats()
     assert result["failed"] == 0 and stats["batches_created"] == 1
@@ -131,7 +136,7 @@ def test_killed_while_polling_resumes_without_a_second_batch(small_movielens: Pa
     out = tmp_path / "out"
     script = ("import sys; from flows.augment import augment_flow; from recsys.config import AugmentRunConfig; "
               "augment_flow(config=AugmentRunConfig.model_validate_json(sys.argv[1]), store_root=sys.argv[2], "
-              "out_dir=sys.argv[3])")
+              "out_dir=sys.argv[3], allow_unbounded_spend=True)")
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url()}  # this session's Prefect API: no second server
     proc = subprocess.Popen([sys.executable, "-c", script, cfg.model_dump_json(), store, str(out)], cwd=REPO,
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -149,7 +154,7 @@ def test_killed_while_polling_resumes_without_a_second_batch(small_movielens: Pa
               and not BatchJob(p).record().get("downloaded")]
     assert sim.stats()["batches_created"] == 1
 
-    result = augment_flow(config=cfg, store_root=store, out_dir=str(out))
+    result = augment(config=cfg, store_root=store, out_dir=str(out))
     stats = sim.stats()
     assert stats["batches_created"] == 1 and stats["batch_requests"] == N_USERS  # resumed, not resubmitted
     assert result["failed"] == 0 and result["rows"] == {"profiles": N_USERS}
@@ -171,10 +176,10 @@ def test_estimate_sends_nothing_and_matches_what_is_sent(small_movielens: Path, 
     assert sim.stats()["requests"] == 0
 
     trial = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"sample_users": 20})})
-    assert augment_flow(config=trial, store_root=store, out_dir=str(tmp_path / "trial"))["rows"] == {"profiles": 20}
+    assert augment(config=trial, store_root=store, out_dir=str(tmp_path / "trial"))["rows"] == {"profiles": 20}
     assert sim.stats()["requests"] == 20
     sim.reset()
-    full = augment_flow(config=cfg, store_root=store, out_dir=str(tmp_path / "full"))
+    full = augment(config=cfg, store_root=store, out_dir=str(tmp_path / "full"))
     assert full["rows"] == {"profiles": N_USERS} and sim.stats()["requests"] == N_USERS - 20
     sent = pd.concat([pd.read_parquet(tmp_path / run / "ledger.parquet") for run in ("trial", "full")])
     sent = sent[~sent["cached"] & (sent["outcome"] == "ok")]
@@ -188,7 +193,7 @@ def test_a_batch_refused_as_a_whole_fails_the_run(small_movielens: Path, sim: LL
     naming the reason for every user, after the follow-up batches."""
     sim.set_faults(batch_duration_s=0.2, structured_outputs="json_object")
     with pytest.raises(AugmentFailed, match="60 items failed"):
-        augment_flow(config=config(small_movielens, sim, 0.65, batch_rounds=2), store_root=store,
+        augment(config=config(small_movielens, sim, 0.65, batch_rounds=2), store_root=store,
                      out_dir=str(tmp_path / "out"))
     failures = pd.read_parquet(tmp_path / "out" / "augment_failures.parquet")
     assert len(failures) == N_USERS and failures["reason"].str.contains("no answer after 2 batches").all()
@@ -196,6 +201,6 @@ def test_a_batch_refused_as_a_whole_fails_the_run(small_movielens: Path, sim: LL
     assert sim.stats()["batches_created"] == 2  # the same requests again: a new batch, not the first one's results
 
     sim.set_faults(batch_duration_s=0.2)  # the server takes the format again: a re-run asks anew and succeeds
-    result = augment_flow(config=config(small_movielens, sim, 0.65, batch_rounds=2), store_root=store,
+    result = augment(config=config(small_movielens, sim, 0.65, batch_rounds=2), store_root=store,
                           out_dir=str(tmp_path / "out"))
     assert result["failed"] == 0 and sim.stats()["batches_created"] == 3

@@ -26,10 +26,10 @@ def test_local_llm_server_starts_answers_and_stops() -> None:
 
 def fake_flow(calls: list[dict[str, Any]]):
     def run_flow(config: RunConfig, store_root: str | None, out_dir: str, base_url: str | None,
-                 variants: list[str]) -> dict:
+                 variants: list[str], max_cost_usd: float | None, allow_unbounded_spend: bool) -> dict:
         alive = httpx.get(f"{base_url}/models", timeout=10).status_code if "127.0.0.1" in str(base_url) else None
         calls.append({"config": config, "base_url": base_url, "out": out_dir, "alive": alive, "variants": variants,
-                      "store": store_root})
+                      "store": store_root, "budget": (max_cost_usd, allow_unbounded_spend)})
         return {"report": "# fake report"}
     return run_flow
 
@@ -57,9 +57,13 @@ def test_run_with_url_starts_nothing(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(cli, "local_llm_server", lambda: started.append(1))
     monkeypatch.setenv("LLMREC_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("LLMREC_STORE", str(tmp_path / "store"))
-    res = CliRunner().invoke(cli.app, ["run", "--base-url", "http://example.invalid/v1", "--out",
-                                       str(tmp_path / "o")])
+    args = ["run", "--base-url", "http://example.invalid/v1", "--out", str(tmp_path / "o")]
+    refused = CliRunner().invoke(cli.app, args)  # gpt-4o-mini is priced: no budget, no run
+    assert refused.exit_code == 2 and "no budget: set max_cost_usd (`--max-cost-usd`)" in refused.output
+    assert not calls and len(refused.output.strip().splitlines()) <= 3  # one message, no traceback
+    res = CliRunner().invoke(cli.app, [*args, "--max-cost-usd", "2.5"])
     assert res.exit_code == 0, res.output
+    assert calls[0]["budget"] == (2.5, False)
     assert calls[0]["config"].data.data_dir == tmp_path / "data" and calls[0]["store"] == str(tmp_path / "store")
     assert not started and "local LLM server" not in res.output
     assert calls[0]["base_url"] == "http://example.invalid/v1" and calls[0]["config"].llm.model == LLMConfig().model
@@ -69,13 +73,13 @@ def test_run_with_url_starts_nothing(monkeypatch, tmp_path) -> None:
 def test_ablate_trains_every_variant_by_default_and_checks_names(monkeypatch, tmp_path) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(flows.run, "run_flow", fake_flow(calls))
-    url = ["--base-url", "http://example.invalid/v1", "--out", str(tmp_path / "o")]
+    url = ["--base-url", "http://example.invalid/v1", "--out", str(tmp_path / "o"), "--allow-unbounded-spend"]
     res = CliRunner().invoke(cli.app, ["ablate", "--seeds", "2", *url])
     assert res.exit_code == 0, res.output
     assert calls[0]["variants"] == list(VARIANTS) and calls[0]["config"].seeds == (2020, 2021)
     res = CliRunner().invoke(cli.app, ["ablate", "--variants", "w/o-u, llmrec", *url])
     assert res.exit_code == 0, res.output
-    assert calls[1]["variants"] == ["w/o-u", "llmrec"]
+    assert calls[1]["variants"] == ["w/o-u", "llmrec"] and calls[1]["budget"] == (None, True)
     res = CliRunner().invoke(cli.app, ["run", "--variants", "llmrec,w/o-everything", *url])
     assert res.exit_code == 2 and "w/o-everything" in res.output and "w/o-u&i" in res.output
     assert len(calls) == 2  # a bad name stops before any flow runs

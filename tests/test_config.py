@@ -30,3 +30,10 @@ def test_bad_values_are_rejected_with_the_field_named():
 def test_augment_run_config_shares_the_base_stage():
     assert AugmentRunConfig().base() == BaseRunConfig()
     assert AugmentRunConfig.model_validate_json(AugmentRunConfig().model_dump_json()) == AugmentRunConfig()
+
+
+def test_the_budget_is_not_part_of_the_config():
+    """The LLM budget is the flows' parameter max_cost_usd, so that overriding `config` cannot drop it: a config
+    that still carries one is refused with a message that says where it goes."""
+    with pytest.raises(ValidationError, match="pass it as the flow parameter max_cost_usd"):
+        AugmentRunConfig.model_validate({"augment": {"stages": ["profiles"], "max_cost_usd": 5.0}})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -29,7 +31,7 @@ def write_runs(ledger: Path) -> None:
                   ("attributes", "my-local-model", 50, 10, False, "ok", None, 2)],
     }
     for run, day in (("run-1", DAY1), ("run-2", DAY2)):
-        with LedgerWriter(ledger, run, "w") as writer:
+        with LedgerWriter(ledger, run, "w", flow_run_name=f"{run}-name" if run == "run-1" else None) as writer:
             for stage, model, pt, ct, cached, outcome, usd, minute in rows[run]:
                 writer.append({"timestamp": day + timedelta(minutes=minute), "stage": stage, "batch": "0",
                                "model": model, "prompt_tokens": pt, "completion_tokens": ct, "cached": cached,
@@ -84,8 +86,10 @@ def test_cli_table_since_and_plot(store: Path, tmp_path: Path) -> None:
     lines = result.output.splitlines()
     total = next(line for line in lines if "total" in line)
     assert "0.016010" in total  # 0.003 + 0.002 + 0.011 + 0.00001; the unpriced call adds nothing
-    assert any("run-1" in line for line in lines) and any("run-2" in line for line in lines)
+    assert any("run-1" in line and "run-1-name" in line for line in lines)  # the run's name beside its id
+    assert any("run-2" in line for line in lines)  # rows written without a name: the id alone
     assert "unpriced" in result.output
+    assert list(cost_by(read_ledger(store / "ledger"), "flow-run")["name"]) == ["run-1-name", "", ""]
 
     later = runner.invoke(app, ["cost", "--ledger", str(store / "ledger"), "--since", "2026-03-02", "--by", "stage"])
     assert later.exit_code == 0, later.output
@@ -113,5 +117,20 @@ def test_cli_errors_name_the_problem(store: Path, tmp_path: Path) -> None:
         assert message in " ".join(result.output.split()), (args, result.output)
 
 
-def test_plot_of_no_paid_rows_is_still_a_png() -> None:
+def test_plot_of_no_paid_rows_says_so(tmp_path: Path) -> None:
+    """A free model's ledger is drawn as the words "no paid calls", not as flat lines on a ±0.04 axis."""
     assert spend_plot_png(read_ledger(Path("/nonexistent")))[:4] == b"\x89PNG"
+    with LedgerWriter(tmp_path / "ledger", "free-run", "w") as writer:
+        for minute in range(3):
+            writer.append({"timestamp": DAY1 + timedelta(minutes=minute), "stage": "profiles", "batch": "0",
+                           "model": "llmrec-heuristic", "prompt_tokens": 90, "completion_tokens": 30,
+                           "cached": False, "attempt": 1, "outcome": "ok", "cost_usd": 0.0})
+    plot = tmp_path / "free.png"
+    result = CliRunner().invoke(app, ["cost", "--ledger", str(tmp_path / "ledger"), "--plot", str(plot)],
+                                terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "no paid calls: 3 calls, all to free models: llmrec-heuristic" in " ".join(result.output.split())
+    free = plt.imread(plot)  # the words alone on white: no axes, no lines
+    paid = plt.imread(io.BytesIO(spend_plot_png(read_ledger(Path(str(tmp_path / "ledger"))).assign(cost_usd=0.5))))
+    ink = (free[..., :3] < 0.5).all(axis=-1).mean()
+    assert 0 < ink < (paid[..., :3] < 0.5).all(axis=-1).mean()

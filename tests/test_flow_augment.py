@@ -157,14 +157,15 @@ def test_budget_stops_within_one_batch(small_movielens, tmp_path):
     prices.write_text("models:\n  llmrec-heuristic: {input: 1000.0, output: 1000.0}\n")
     with start_llm_server() as server:
         cfg = config(DataConfig(dataset=str(small_movielens)), server.base_url, stages=("profiles",),
-                     llm={"price_table": prices}, max_cost_usd=1.5, users_per_batch=5)
+                     llm={"price_table": prices}, users_per_batch=5)
         # An earlier run's spend in the store's ledger: the artifact's running total must include it.
         with LedgerWriter(tmp_path / "store" / "ledger", "earlier-run", "profiles") as earlier:
             earlier.append({"stage": "profiles", "batch": "0", "model": "llmrec-heuristic", "prompt_tokens": 10,
                             "completion_tokens": 5, "cached": False, "attempt": 1, "outcome": "ok",
                             "cost_usd": 0.25})
         with pytest.raises(AugmentFailed, match=r"budget \$1.5 reached after spending \$[0-9.]+; \d+ of \d+ batches"):
-            augment_flow(config=cfg, store_root=str(tmp_path / "store"), out_dir=str(tmp_path / "out"))
+            augment_flow(config=cfg, store_root=str(tmp_path / "store"), out_dir=str(tmp_path / "out"),
+                         max_cost_usd=1.5)
     ledger = pd.read_parquet(tmp_path / "out" / "ledger.parquet")  # this run's rows, written though it failed
     per_batch = ledger.groupby("batch")["cost_usd"].sum()
     spent = ledger["cost_usd"].sum()

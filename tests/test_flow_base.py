@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterType,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
 from flows.base import base_flow
 from recsys.config import BaseRunConfig, CandidateConfig, DataConfig, ModelConfig, TrainConfig
@@ -127,3 +133,21 @@ def test_data_is_keyed_by_its_bytes_not_its_path(config, tmp_path, monkeypatch):
     result3, states3 = run(moved, store, tmp_path / "out3")
     assert states3["load-dataset"] == "Completed" and states3["split"] == "Completed"
     assert result3["refs"]["dataset"] != result["refs"]["dataset"]
+
+
+def progress_artifacts(flow_run_id) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["progress"])))
+
+
+def test_training_epochs_show_as_a_progress_artifact(config, tmp_path):
+    """The UI shows how far training is: a progress artifact on the flow run, at 100 % when it ended, saying how
+    many epochs ran of the most allowed and the best one."""
+    state = base_flow(config=config, store_root=str(tmp_path / "store"), return_state=True)
+    assert state.is_completed(), state.message
+    [art] = progress_artifacts(state.state_details.flow_run_id)
+    fit = ArtifactStore(tmp_path / "store").read_json(state.result()["refs"]["train"], "fit")
+    assert art.key.startswith("progress-epochs-train-") and art.data == 100.0
+    assert (f"training epochs — {fit['epochs_run']} of at most 4 epochs, best epoch {fit['best_epoch']}"
+            in art.description), art.description

@@ -31,7 +31,14 @@ from recsys.llm.client import (
     resolve_endpoint,
 )
 from recsys.llm.limits import clear_shared_limiters
-from recsys.llm.pricing import PriceTable, cost_usd, load_price_table, price_known
+from recsys.llm.pricing import (
+    PriceTable,
+    UnboundedSpend,
+    cost_usd,
+    load_price_table,
+    price_known,
+    require_budget,
+)
 from recsys.llm.retry import parse_retry_after
 from recsys.llm.tokens import count_message_tokens, count_tokens
 from storage.ledger import LedgerWriter, read_ledger
@@ -561,6 +568,22 @@ def test_prices(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     bad.write_text("models:\n  x: {input: 1.0}\n")
     with pytest.raises(ValueError, match="numeric"):
         PriceTable.from_yaml(bad)
+
+
+def test_a_priced_model_needs_a_budget_or_an_explicit_allowance(tmp_path: Path) -> None:
+    with pytest.raises(UnboundedSpend, match=r"'gpt-4o-mini-2024-07-18' costs \$0.15 / \$0.6 per 1M .* no budget: set "
+                                             r"max_cost_usd .* or allow_unbounded_spend"):
+        require_budget("gpt-4o-mini-2024-07-18", None, False)
+    require_budget("gpt-4o-mini", 5.0, False)
+    require_budget("gpt-4o-mini", None, True)
+    require_budget("llmrec-heuristic", None, False)  # free: nothing to bound
+    require_budget("llama3:8b", None, False)  # unpriced (self-hosted): a budget could not count it anyway
+    with pytest.raises(ValueError, match="max_cost_usd must be > 0"):
+        require_budget("gpt-4o-mini", 0.0, False)
+    custom = tmp_path / "prices.yaml"
+    custom.write_text("models:\n  llmrec-heuristic: {input: 1.0, output: 0.0}\n")
+    with pytest.raises(UnboundedSpend):
+        require_budget("llmrec-heuristic", None, False, custom)  # the price table the run uses decides
 
 
 def test_unknown_model_costs_none_in_events(stub: StubServer, tmp_path: Path) -> None:

@@ -341,6 +341,26 @@ def test_cli_flags_and_env(llm_server_factory: Callable[..., LLMServer]) -> None
     assert bad.exit_code == 2 and "invalid fault settings" in bad.output
 
 
+def test_llm_faults_command_shows_sets_and_clears(llm_server_factory: Callable[..., LLMServer]) -> None:
+    """`llmrec llm-faults` is the documented way to change a running server's faults (a rehearsal's endpoint
+    recovering); the server's counters stay."""
+    runner = CliRunner()
+    with llm_server_factory(fail_match="Dunston Checks In") as server:
+        chat(client_for(server), profile_messages(ROMANCE))
+        shown = runner.invoke(app, ["llm-faults"], env={"OPENAI_BASE_URL": server.base_url})  # its /v1 address
+        assert shown.exit_code == 0 and "fail_match=Dunston Checks In" in shown.output, shown.output
+        changed = runner.invoke(app, ["llm-faults", "--url", server.root_url, "--error-rate", "0.5"])
+        assert changed.exit_code == 0 and "error_rate=0.5" in changed.output and "fail_match" not in changed.output
+        cleared = runner.invoke(app, ["llm-faults", "--url", server.root_url, "--clear"])
+        assert cleared.exit_code == 0 and "none (all off)" in cleared.output
+        assert httpx.get(f"{server.root_url}/admin/faults").json()["error_rate"] == 0.0
+        assert server.stats()["chat_ok"] == 1  # counters untouched
+        both = runner.invoke(app, ["llm-faults", "--url", server.root_url, "--clear", "--error-rate", "0.1"])
+        assert both.exit_code == 2 and "give it alone" in " ".join(both.output.split())
+    gone = runner.invoke(app, ["llm-faults", "--url", server.root_url])
+    assert gone.exit_code == 2 and "no local LLM server answers at" in gone.output
+
+
 # --- heuristics without HTTP -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("title", "origin"), [
     ("Postino, Il (1994)", ("Italy", "Italian")),

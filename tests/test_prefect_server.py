@@ -16,13 +16,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import DeploymentScheduleCreate
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.client.schemas.objects import FlowRun, FlowRunResult
 from prefect.client.schemas.schedules import IntervalSchedule
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -83,7 +91,8 @@ def llm() -> Any:
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ops")
-    return {"store": root / "store", "out": root / "out", "nightly": root / "nightly", "data": root / "data"}
+    return {"store": root / "store", "out": root / "out", "nightly": root / "nightly", "data": root / "data",
+            "priced": root / "priced"}
 
 
 def augment_config(dataset: Path, base_url: str) -> AugmentRunConfig:
@@ -124,6 +133,25 @@ def batch_states(server: PrefectServer, run: FlowRun) -> dict[int, str]:
     return states
 
 
+def artifacts(server: PrefectServer, run: FlowRun, every_version: bool = False) -> dict[str, Any]:
+    """The run's artifacts by key; with `every_version`, asserts that there is one per key."""
+    with server.api(), get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[run.id])))
+    by_key = {a.key: a for a in found}
+    if every_version:
+        assert len(by_key) == len(found), sorted(a.key or "" for a in found)
+    return by_key
+
+
+def flow_run_inputs(server: PrefectServer, run: FlowRun) -> list[str]:
+    """Task runs of `run` with an input that came from a flow run (Prefect 3.8.8's default UI then lists none)."""
+    with server.api(), get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    return [t.name for t in task_runs for inputs in t.task_inputs.values()
+            for i in inputs if isinstance(i, FlowRunResult)]
+
+
 def test_rerun_executes_only_failed_batches(deployed: PrefectServer, llm: LLMServer, small_movielens: Path,
                                             paths: dict[str, Path]):
     cfg = augment_config(small_movielens, llm.base_url)
@@ -138,6 +166,12 @@ def test_rerun_executes_only_failed_batches(deployed: PrefectServer, llm: LLMSer
     assert sorted(states) == list(range(6))
     assert {b for b, s in states.items() if s == "Failed"} == set(failed_per_batch)
     assert 0 < len(failed_per_batch) < 6 and all(s in ("Failed", "Completed") for s in states.values())
+    # The UI's view of the run: how far its batches got (a progress card), and task runs whose inputs it can
+    # show (no flow-run input, which empties the default UI's task-run list).
+    progress = artifacts(deployed, first)["progress-profiles-batches"]
+    assert progress.data == 100.0 and (f"profiles: LLM batches — 6 of 6 batches, {len(failed_per_batch)} failed "
+                                       f"(batches {sorted(failed_per_batch)})") in progress.description
+    assert not flow_run_inputs(deployed, first)
 
     assert str(first.id) in run_readme_command(deployed, "prefect flow-run ls --state Failed").stdout
     llm.set_faults()  # the endpoint recovers
@@ -147,6 +181,7 @@ def test_rerun_executes_only_failed_batches(deployed: PrefectServer, llm: LLMSer
                         "--timeout", str(RUN_TIMEOUT_S)], check=False, timeout=RUN_TIMEOUT_S + 30)
     assert cli.returncode == 0, f"{cli.stdout}\n{cli.stderr}\n{deployed.logs()}"
     assert "flow run ended Completed" in cli.stdout and "Cached" in cli.stdout
+    assert "profiles: LLM batches — 6 of 6 batches, 0 failed" in cli.stdout  # its progress, while it waited
 
     second = wait_final(deployed, first.id, run_count=first.run_count)
     assert second.state.is_completed() and second.id == first.id
@@ -164,6 +199,8 @@ def test_rerun_executes_only_failed_batches(deployed: PrefectServer, llm: LLMSer
     assert http.groupby(http["batch"].astype(int)).size().to_dict() == failed_per_batch
     assert pd.read_parquet(paths["out"] / "user_profiles.parquet")["user_id"].nunique() == 60
 
+    cards = artifacts(deployed, second, every_version=True)
+    assert {"augment-cost", "augment-cost-summary", "progress-profiles-batches"} <= set(cards)  # one card each
     assert "augment-cost" in run_readme_command(deployed, "prefect artifact ls").stdout
     cost = run_readme_command(deployed, "prefect artifact inspect augment-cost").stdout
     assert str(first.id) in cost and "profiles" in cost
@@ -234,16 +271,59 @@ def test_schedule_fires_and_nightly_run_asks_only_changed_prompts(deployed: Pref
     assert profiles["user_id"].nunique() == 60
 
 
+def test_deployment_budget_survives_a_config_override_and_an_unbudgeted_priced_run_is_refused(
+        deployed: PrefectServer, llm: LLMServer, small_movielens: Path, paths: dict[str, Path]):
+    """Through real deployment runs of augment-nightly (its prefect.yaml parameters: max_cost_usd 5.0) against a
+    priced model (gpt-4o-mini's list price, answered by the local server): a run overriding the whole `config`
+    keeps the $5 budget; one that drops the budget is refused before any work; one that says
+    allow_unbounded_spend runs."""
+    llm.set_faults()
+    llm.reset()
+    cfg = augment_config(small_movielens, llm.base_url)
+    priced = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"model": "gpt-4o-mini"})})
+    with deployed.api():
+        kept = run_deployment(AUGMENT, parameters=parameters(priced, paths["store"], paths["priced"]), timeout=0)
+    kept = wait_final(deployed, kept.id)
+    assert kept.state.is_completed(), f"{kept.state}\n{deployed.logs()}"
+    assert kept.parameters["max_cost_usd"] == 5.0
+    summary = artifacts(deployed, kept)["augment-cost-summary"].data
+    spent = read_ledger(store_ledger_root(paths["store"]), flow_run_id=str(kept.id))["cost_usd"].sum()
+    assert spent > 0 and f"| this run | {spent:.6f} |" in summary and "| budget of this run | $5.0000 |" in summary
+    asked = llm.stats()["requests"]
+    assert asked == 60  # one profile prompt per user: new for this model
+
+    unbudgeted = {**parameters(priced, paths["store"], paths["priced"]), "max_cost_usd": None}
+    with deployed.api():
+        refused = run_deployment(AUGMENT, parameters=unbudgeted, timeout=0)
+        allowed = run_deployment(AUGMENT, parameters={**unbudgeted, "allow_unbounded_spend": True}, timeout=0)
+    refused, allowed = wait_final(deployed, refused.id), wait_final(deployed, allowed.id)
+    assert refused.state.is_failed() and "no budget: set max_cost_usd" in refused.state.message, refused.state
+    with deployed.api(), get_client(sync_client=True) as client:  # refused before any work: no task run at all
+        assert not client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[refused.id])))
+    assert allowed.state.is_completed(), f"{allowed.state}\n{deployed.logs()}"
+    assert llm.stats()["requests"] == asked  # the allowed run found every answer in the store: nothing paid
+    assert "| budget of this run | none |" in artifacts(deployed, allowed)["augment-cost-summary"].data
+
+
+def test_the_ui_is_told_this_servers_api_address(prefect_server: PrefectServer) -> None:
+    """A server started with PREFECT_API_URL exported (as the README says) on a port other than 4200 tells its UI
+    its own API address; the UI page is served."""
+    settings = httpx.get(f"{prefect_server.url}/ui-settings", timeout=10).json()
+    assert prefect_server.port != 4200 and settings["api_url"] == prefect_server.api_url
+    assert "<html" in httpx.get(prefect_server.url, timeout=10).text.lower()
+
+
 def test_walkthrough_runs_every_readme_command_in_order():
-    """bench/ops_walkthrough.sh runs the README's operations commands (the port numbers and the run id are
-    variables there), in the README's order; this test runs several of them itself."""
+    """bench/ops_walkthrough.sh runs the README's operations commands (the port numbers and the README's
+    placeholders `<NAME>` are variables there: "$NAME"), in the README's order; this test runs several of them
+    itself."""
     script = [line.strip() for line in (REPO / "bench" / "ops_walkthrough.sh").read_text().splitlines()]
     commands = readme_commands()
     assert len(commands) >= 12 and any(c == "prefect --no-prompt deploy --all" for c in commands)
     positions = []
     for command in commands:
-        wanted = (command.removesuffix("&").strip().replace("4200", "$PORT").replace("8000", "$LLM_PORT")
-                  .replace("<FLOW_RUN_ID>", '"$FLOW_RUN_ID"'))
+        wanted = re.sub(r"<([A-Z_]+)>", r'"$\1"', command.removesuffix("&").strip().replace("4200", "$PORT")
+                        .replace("8000", "$LLM_PORT"))
         found = [i for i, line in enumerate(script) if wanted in line and not line.startswith("#")]
         assert found, f"README command not run by bench/ops_walkthrough.sh: {command}"
         positions.append(found[0])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +82,9 @@ class CachedEmbedder:
     def key(self, text: str) -> str:
         return text_key(self.embedder.backend, self.embedder.model, text, self.dimensions)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """float32 (len(texts), dim); `on_batch(computed, to_compute)` is called once the cache was read and after
+        every backend batch (for progress: texts computed so far, of those the cache lacked)."""
         texts = [str(t) for t in texts]
         unique = list(dict.fromkeys(texts))
         self.stats.texts += len(texts)
@@ -96,6 +98,8 @@ class CachedEmbedder:
             else:
                 found[text] = vector
         self.stats.hits += len(found)
+        if on_batch is not None:
+            on_batch(0, len(missing))
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start:start + self.batch_size]
             vectors = check_matrix(self.embedder.embed(batch), len(batch), f"{self.embedder.backend} embeddings")
@@ -104,6 +108,8 @@ class CachedEmbedder:
             if self.cache is not None:
                 self.cache.put_many([(self.key(t), v) for t, v in zip(batch, vectors, strict=True)])
             found.update(zip(batch, vectors, strict=True))
+            if on_batch is not None:
+                on_batch(start + len(batch), len(missing))
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         dims = {v.shape[0] for v in found.values()}

@@ -4,7 +4,8 @@ The packaged table is `prices.yaml` beside this module; `LLMConfig.price_table` 
 exactly, then through the table's aliases, then by dropping a dated snapshot suffix ("gpt-4o-mini-2024-07-18" ->
 "gpt-4o-mini", "gpt-3.5-turbo-0125" -> "gpt-3.5-turbo"). Only date-like suffixes are dropped: "gpt-3.5-turbo-16k"
 is priced differently from "gpt-3.5-turbo", so it is unknown rather than silently mispriced. An unknown model costs
-None (logged once); `price_known` lets a budget refuse to start instead of running blind.
+None (logged once). `require_budget` refuses a run against a model with a price and no budget, unless it is told
+that unbounded spend is intended.
 """
 
 from __future__ import annotations
@@ -132,3 +133,29 @@ def cost_usd(
 def price_known(model: str, table: str | Path | None = None) -> bool:
     """Whether `model` is priced, so that a run with a cost budget can refuse to start when it is not."""
     return load_price_table(table).known(model)
+
+
+class UnboundedSpend(ValueError):
+    """A run would call a paid model with no budget, and was not told that this is intended."""
+
+
+def require_budget(model: str, max_cost_usd: float | None, allow_unbounded_spend: bool,
+                   table: str | Path | None = None) -> None:
+    """Refuse (UnboundedSpend) a run against `model` when the price table (`table`, None: packaged) gives it a
+    non-zero price and the run has no budget, unless `allow_unbounded_spend`; ValueError for a budget <= 0.
+
+    A free model (the local server's) and an unpriced one (a self-hosted model, whose calls the ledger counts
+    as `unpriced`) need no budget: a budget could not count their spend anyway."""
+    if max_cost_usd is not None:
+        if max_cost_usd <= 0:
+            raise ValueError(f"max_cost_usd must be > 0, got {max_cost_usd}")
+        return
+    prices = load_price_table(table)
+    name = prices.resolve(model)
+    price = prices.models[name] if name is not None else None
+    if allow_unbounded_spend or price is None or (price.input_per_m == 0 and price.output_per_m == 0):
+        return
+    raise UnboundedSpend(
+        f"model {model!r} costs ${price.input_per_m:g} / ${price.output_per_m:g} per 1M input / output tokens and "
+        "this run has no budget: set max_cost_usd (`--max-cost-usd`), or allow_unbounded_spend "
+        "(`--allow-unbounded-spend`) to run without one")
