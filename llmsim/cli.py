@@ -181,7 +181,8 @@ def faults_command(
                    "the local server, `llmrec llm-server`?)", err=True)
         raise typer.Exit(2)
     settings = response.json()
-    on = {k: v for k, v in settings.items() if v and k not in ("hang_s", "seed")}
+    defaults = FaultConfig().model_dump()  # server settings with a default of their own (e.g. structured_outputs)
+    on = {k: v for k, v in settings.items() if v and v != defaults.get(k) and k not in ("hang_s", "seed")}
     if settings.get("hang_rate"):
         on["hang_s"] = settings["hang_s"]
     typer.echo(f"faults at {root}: " + (", ".join(f"{k}={v}" for k, v in on.items()) if on else "none (all off)"))

@@ -109,8 +109,9 @@ def test_run_config_file_and_tune(monkeypatch, tmp_path) -> None:
     tuned: list[dict[str, Any]] = []
     monkeypatch.setattr(flows.tune, "tune_flow", lambda **kw: tuned.append(kw) or {"report": "# tuned"})
     res = CliRunner().invoke(cli.app, ["tune", "--base-url", "http://example.invalid/v1", "--max-train-per-user",
-                                       "5", "--trial-timeout", "60"])
+                                       "5", "--trial-timeout", "60", "--max-cost-usd", "3"])
     assert res.exit_code == 0, res.output
     (call,) = tuned
+    assert call["max_cost_usd"] == 3.0 and call["allow_unbounded_spend"] is False
     assert call["tune"].trials == 20 and call["tune"].trial_timeout_s == 60 and call["out_dir"] == "runs/tune"
     assert call["config"].split.max_train_per_user == 5 and len(call["config"].seeds) == 5
