@@ -417,3 +417,20 @@ class LLM4IDRecConfig(_Config):
     # Optional second filter: keep a generated item only if the base model ranks it in the user's top
     # `max_base_rank` (None: no such filter; [IDREC] filters by format and catalogue only).
     max_base_rank: int | None = Field(None, gt=0)
+
+
+class LLM4IDRecRunConfig(BaseRunConfig):
+    """The `llm4idrec` flow: split -> fine-tuning samples -> LoRA fine-tune -> generation -> filter and merge ->
+    each downstream model on original and augmented training data, per seed. `model` is the base model whose
+    scores the optional base-rank filter uses."""
+
+    llm4idrec: LLM4IDRecConfig = LLM4IDRecConfig()
+    downstream: tuple[Literal["mf", "lightgcn"], ...] = Field(("mf", "lightgcn"), min_length=1)
+    seeds: tuple[int, ...] = Field((2020,), min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v

@@ -31,6 +31,10 @@ STAGE_VERSIONS: dict[str, str] = {
     "candidates": "1",
     "llmrec": "1",
     "llmrec-evaluate": "2",  # 2: metrics gain ndcg_official
+    "llm4idrec-data": "1",
+    "llm4idrec-lora": "1",
+    "llm4idrec-generate": "1",
+    "llm4idrec-split": "1",
 }
 
 RefOf = Callable[[Mapping[str, Any]], ArtifactRef]

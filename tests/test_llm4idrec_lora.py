@@ -1,5 +1,5 @@
-"""The local LoRA path on a tiny Llama model and word-level tokenizer built here (no download): a few optimizer
-steps lower the loss, the adapter round-trips through safetensors in the store, and generation runs."""
+"""The local LoRA path on a tiny Llama and word-level tokenizer built in tests/tiny_llama.py (no download): a few
+optimizer steps lower the loss, the adapter round-trips through safetensors in the store, and generation runs."""
 
 from __future__ import annotations
 
@@ -22,25 +22,9 @@ def _records() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    """A 2-layer Llama (hidden 32) and a word-level tokenizer over the records' pieces, saved as a HF folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tests.tiny_llama import build_tiny_llama
 
-    pre = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)])
-    pieces = sorted({p for r in _records() for m in r["messages"] for p, _ in pre.pre_tokenize_str(m["content"])})
-    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>", *pieces])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=256, pad_token_id=0, eos_token_id=1,
-                                         bos_token_id=1))
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def test_lora_steps_lower_the_loss_and_the_adapter_round_trips(tiny_model_dir, tmp_path):
