@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--prefixes", type=int, default=20)
     ap.add_argument("--max-prompt-tokens", type=int, default=384)
     ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--max-length", type=int, default=512, help="tokens per training sequence (paper: 2048)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--store", type=Path, default=None)
@@ -79,7 +80,7 @@ def main() -> None:
         llm4idrec=LLM4IDRecConfig(base_model=str(gguf), sample_users=args.users, prefixes_per_user=args.prefixes,
                                   max_steps=args.steps, batch_size=args.batch_size,
                                   grad_accumulation=args.grad_accumulation, max_prompt_tokens=args.max_prompt_tokens,
-                                  max_new_tokens=args.max_new_tokens),
+                                  max_new_tokens=args.max_new_tokens, max_length=args.max_length),
         seeds=tuple(range(2020, 2020 + args.seeds)),
     )
     start = time.perf_counter()
