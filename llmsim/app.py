@@ -1,5 +1,5 @@
-"""The local OpenAI-compatible HTTP server: /v1/models, /v1/chat/completions, /v1/embeddings, /v1/files and
-/v1/batches (the Batch API, llmsim/batches.py), plus /admin/*.
+"""The local OpenAI-compatible HTTP server: /v1/models, /v1/chat/completions, /v1/embeddings, /v1/files,
+/v1/batches (the Batch API, llmsim/batches.py), /v1/fine_tuning/jobs (llmsim/fine_tuning.py), plus /admin/*.
 
 This server is not a language model. It answers the project's prompts (LLMRec's three augmentations,
 llmsim/heuristics.py; Llama4Rec's ranking and pairwise prompts, llmsim/ranking.py) with transparent, deterministic
@@ -72,6 +72,7 @@ class Stats:
             self.files_created = 0
             self.batches_created = 0
             self.batch_requests = 0
+            self.fine_tuning_jobs_created = 0
 
     def start(self) -> None:
         """Count an arriving API request."""
@@ -124,6 +125,7 @@ class Stats:
                 "files_created": self.files_created,
                 "batches_created": self.batches_created,
                 "batch_requests": self.batch_requests,
+                "fine_tuning_jobs_created": self.fine_tuning_jobs_created,
             }
 
 
@@ -167,6 +169,7 @@ class Simulator:
     preload: bool
     files: dict[str, Any] = field(default_factory=dict)  # file id -> llmsim.batches.StoredFile
     batches: dict[str, Any] = field(default_factory=dict)  # batch id -> llmsim.batches.Batch
+    fine_tuning_jobs: dict[str, Any] = field(default_factory=dict)  # job id -> llmsim.fine_tuning.Job
 
 
 def _simulator(request: Request) -> Simulator:
@@ -483,7 +486,9 @@ def create_app(faults: FaultConfig | None = None, *, embedder: AsyncEmbedder | N
                                       Exception: _internal_error})
     app.state.simulator = Simulator(FaultInjector(faults), Stats(), embedder or AsyncEmbedder(), preload)
     from llmsim.batches import router as batch_router  # it imports this module's chat answer
+    from llmsim.fine_tuning import router as fine_tuning_router
 
     app.include_router(router)
     app.include_router(batch_router)
+    app.include_router(fine_tuning_router)
     return app

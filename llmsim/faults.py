@@ -56,6 +56,8 @@ class FaultConfig(BaseModel):
                                     "error (in the batch's error file)")
     batch_expire_after: float | None = Field(None, ge=0.0, le=1.0, description="the batch expires with this share "
                                              "of its requests answered; the rest are batch_expired errors")
+    fine_tune_duration_s: float = Field(1.0, ge=0.0, description="seconds a fine-tuning job stays running")
+    fine_tune_fail: bool = Field(False, description="every fine-tuning job fails while running (training_failed)")
     seed: int | None = Field(None, description="RNG seed (None: 0)")
 
 

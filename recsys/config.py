@@ -493,3 +493,61 @@ class Llama4RecRunConfig(AugmentRunConfig):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
         return self
+
+
+class LLM4IDRecConfig(_Config):
+    """LLM4IDRec (Chen et al., arXiv 2411.02041): fine-tune a language model on ID sequences, generate
+    interactions, filter and merge them. [IDREC] = newlei/LLM4IDRec official code (HEAD b24cb5d); see
+    ../shared/notes/llmrec-reference.md part C."""
+
+    # Fine-tuning samples (C.3): "prefix" = [IDREC] data_process.py (20 random prefixes per user with >= 3 items);
+    # "full" = the paper's full-list variant (whole training list as target); "both" = the two together.
+    samples: Literal["prefix", "full", "both"] = "prefix"
+    prefixes_per_user: int = Field(20, ge=1)  # [IDREC] data_process.py
+    min_items: int = Field(3, ge=3)  # [IDREC] data_process.py: users with fewer training items are skipped
+    sample_seed: int = 2023  # [IDREC] lora_tuning.py shuffles the dataset with seed 2023
+    max_prompt_tokens: int = Field(1536, gt=0)  # prompt part of [IDREC]'s 2048-token sequences; history cut to fit
+    holdout_share: float = Field(0.05, ge=0.0, lt=1.0)  # users whose samples form the validation file
+    sample_users: int | None = Field(None, gt=0)  # a seeded subset of users (a run that fits a small machine)
+
+    # Fine-tuning backend: "local" = LoRA with transformers + peft; "hosted" = an OpenAI fine-tuning job.
+    backend: Literal["local", "hosted"] = "local"
+    base_model: str = "SmolLM2-135M-Instruct"  # local: a Hugging Face folder or a .gguf file; hosted: a model name
+    lora_r: int = Field(8, gt=0)  # [IDREC] lora_tuning.sh
+    lora_alpha: int = Field(32, gt=0)  # [IDREC] lora_tuning.sh
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)  # [IDREC] lora_tuning.sh
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # [IDREC] lora_tuning.sh
+    lr: float = Field(1e-3, gt=0)  # [IDREC] lora_tuning.sh
+    batch_size: int = Field(8, gt=0)  # [IDREC]: per-device batch 8 ...
+    grad_accumulation: int = Field(4, gt=0)  # ... x 4 accumulation = effective batch 32
+    max_steps: int = Field(400, gt=0)  # [IDREC] lora_tuning.sh
+    max_length: int = Field(2048, gt=0)  # [IDREC] tokenize_dataset_rows.py
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 2023
+    poll_s: float = Field(10.0, gt=0)  # hosted: first wait between job status checks, doubled up to poll_max_s
+    poll_max_s: float = Field(300.0, gt=0)
+
+    # Generation (C.5): [IDREC] predict.py samples with temperature 0.8, top-p 0.9 and 200 new tokens.
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(200, gt=0)
+    # Optional second filter: keep a generated item only if the base model ranks it in the user's top
+    # `max_base_rank` (None: no such filter; [IDREC] filters by format and catalogue only).
+    max_base_rank: int | None = Field(None, gt=0)
+
+
+class LLM4IDRecRunConfig(BaseRunConfig):
+    """The `llm4idrec` flow: split -> fine-tuning samples -> LoRA fine-tune -> generation -> filter and merge ->
+    each downstream model on original and augmented training data, per seed. `model` is the base model whose
+    scores the optional base-rank filter uses."""
+
+    llm4idrec: LLM4IDRecConfig = LLM4IDRecConfig()
+    downstream: tuple[Literal["mf", "lightgcn"], ...] = Field(("mf", "lightgcn"), min_length=1)
+    seeds: tuple[int, ...] = Field((2020,), min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v}")
+        return v

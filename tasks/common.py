@@ -36,6 +36,10 @@ STAGE_VERSIONS: dict[str, str] = {
     "llama4rec-lists": "1",
     "llama4rec-evaluate": "1",
     "llama4rec-instructions": "1",
+    "llm4idrec-data": "1",
+    "llm4idrec-lora": "1",
+    "llm4idrec-generate": "1",
+    "llm4idrec-split": "1",
 }
 
 RefOf = Callable[[Mapping[str, Any]], ArtifactRef]
