@@ -57,7 +57,8 @@ def outputs(out: Path) -> dict[str, pd.DataFrame]:
 
 @pytest.mark.slow
 def test_faults_lose_no_item(small_movielens, tmp_path):
-    """10 % 500s, 10 % malformed answers and a 429-enforcing RPM limit: every user is answered or listed."""
+    """10 % 500s, 10 % malformed answers and a 429-enforcing RPM limit (which the client, reading the limit from the
+    x-ratelimit headers, mostly keeps under): every user is answered or listed."""
     with start_llm_server(error_rate=0.1, malformed_rate=0.1, rpm_limit=90, seed=7) as server:
         cfg = config(DataConfig(dataset=str(small_movielens)), server.base_url, stages=("edges", "profiles"))
         out = tmp_path / "out"
@@ -66,7 +67,7 @@ def test_faults_lose_no_item(small_movielens, tmp_path):
         except AugmentFailed as e:
             assert "items failed" in str(e)
         stats = server.stats()
-    assert stats["by_status"].get("429", 0) > 0 and stats["by_status"].get("500", 0) > 0
+    assert stats["by_status"].get("500", 0) > 0
     got = outputs(out)
     for stage in ("edges", "profiles"):
         answered = set(got[stage]["user_id"])
