@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DATA_DIR_ENV = "LLMREC_DATA_DIR"
 STORE_DIR_ENV = "LLMREC_STORE"
+
+
+def _distinct(seeds: tuple[int, ...]) -> tuple[int, ...]:
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    return seeds
+
+
+# Training seeds of a run: each model trains once per seed; reports pair them (paired t-test over seeds).
+Seeds = Annotated[tuple[int, ...], Field(min_length=1), AfterValidator(_distinct)]
 
 
 class _Config(BaseModel):
@@ -372,7 +382,7 @@ class RunConfig(AugmentRunConfig):
     embed: EmbedConfig = EmbedConfig()
     # Training seeds; each variant is trained once per seed, and the report pairs them (paired t-test over seeds).
     # Five, as the paper averages 5 runs (§4.1.3); fewer give a verdict with little power.
-    seeds: tuple[int, ...] = Field((2020, 2021, 2022, 2023, 2024), min_length=1)
+    seeds: Seeds = (2020, 2021, 2022, 2023, 2024)
     # The backbone baseline's own training settings (`llmrec tune` chooses its lr and L2 apart from LLMRec's);
     # None: the baseline trains with `train`, the very object LLMRec trains with, so that LLMRec with every
     # augmentation off trains exactly its backbone.
@@ -387,13 +397,6 @@ class RunConfig(AugmentRunConfig):
         without augmentation."""
         return ModelConfig(name=self.llmrec.backbone, embedding_dim=self.llmrec.embedding_dim,
                            n_layers=self.llmrec.n_layers, init=self.llmrec.init)
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"seeds must be distinct, got {v}")
-        return v
 
 
 class RunnerConfig(_Config):
@@ -482,7 +485,7 @@ class Llama4RecRunConfig(AugmentRunConfig):
     split: SplitConfig = SplitConfig(method="loo")  # [L4R] §5.1: leave-one-out, last item test, second-last valid
     llm: RankingLLMConfig = RankingLLMConfig()
     llama4rec: Llama4RecConfig = Llama4RecConfig()
-    seeds: tuple[int, ...] = Field((2020,), min_length=1)  # training seeds of the backbones ([L4R]: 5 runs)
+    seeds: Seeds = (2020,)  # training seeds of the backbones ([L4R]: 5 runs)
 
     @model_validator(mode="after")
     def _ks_within_list(self) -> Llama4RecRunConfig:
@@ -490,8 +493,6 @@ class Llama4RecRunConfig(AugmentRunConfig):
         if max(self.llama4rec.ks) > k_prime:
             raise ValueError(f"llama4rec.ks {self.llama4rec.ks} must not exceed k' = candidates.n_candidates "
                              f"({k_prime}): the metrics are read from the re-ranked top-k' list")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {self.seeds}")
         return self
 
 
@@ -543,11 +544,4 @@ class LLM4IDRecRunConfig(BaseRunConfig):
 
     llm4idrec: LLM4IDRecConfig = LLM4IDRecConfig()
     downstream: tuple[Literal["mf", "lightgcn"], ...] = Field(("mf", "lightgcn"), min_length=1)
-    seeds: tuple[int, ...] = Field((2020,), min_length=1)
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"seeds must be distinct, got {v}")
-        return v
+    seeds: Seeds = (2020,)
