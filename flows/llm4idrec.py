@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 
 from recsys.config import LLM4IDRecRunConfig, ModelConfig, default_store_dir
 from recsys.eval.report import metrics_frame, metrics_rows, report_markdown
+from recsys.eval.verdict import verdict_sentence
 from storage.atomic import write_json, write_parquet, write_text
 from storage.store import ArtifactStore
 from tasks.common import bind
@@ -49,9 +50,12 @@ def report(frame: pd.DataFrame, config: LLM4IDRecRunConfig, summary: dict, merge
     extra = [f"Fine-tuning: {len(loss)} steps, loss first 10 % {loss['loss'][:n].mean():.4f}, last 10 % "
              f"{loss['loss'][-n:].mean():.4f}, {loss['seconds'].median():.2f} s per step (median).", "",
              f"Generation: {summary}", "", f"Merge: {merge}", ""]
-    parts = [report_markdown(frame[frame["variant"].str.startswith(m)], baseline=m,
-                             title=f"LLM4IDRec on {config.data.dataset}: {m}", extra=extra if i == 0 else None)
-             for i, m in enumerate(config.downstream)]
+    parts = []
+    for i, m in enumerate(config.downstream):
+        part = frame[frame["variant"].str.startswith(m)]
+        verdict = verdict_sentence(part, m, m + AUGMENTED, what="LLM4IDRec augmentation")
+        parts.append(report_markdown(part, baseline=m, title=f"LLM4IDRec on {config.data.dataset}: {m}",
+                                     extra=extra if i == 0 else None, lead=[f"**{verdict}**"]))
     return "\n\n".join(parts)
 
 

@@ -46,7 +46,8 @@ def test_flow_end_to_end_and_cached(small_movielens, tmp_path):
     frame = pd.read_parquet(out / "metrics.parquet")
     assert set(frame["variant"]) == {"mf", "mf+llm4idrec"}
     assert len(pd.read_parquet(out / "loss.parquet")) == 2
-    assert "LLM4IDRec on" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "LLM4IDRec on" in report and report.splitlines()[2].startswith("**LLM4IDRec augmentation ")  # verdict
     state = llm4idrec_flow(config=config, store_root=str(store), return_state=True)
     assert state.result()["refs"] == refs
     from tests.test_flow_base import task_states

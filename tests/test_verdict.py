@@ -68,3 +68,8 @@ def test_verdict_subject_names_the_llm_inputs_in_use() -> None:
     text_only = LLMRecConfig(omega3=0.0, profile_scale=0.0, attribute_scale=0.0, modal_scale=0.8)
     assert "no LLM-made input" in augmentation_name(text_only)
     assert augmentation_name(text_only.model_copy(update={"modal_scale": 0.0})) == "LLMRec with every augmentation off"
+
+
+def test_verdict_says_when_the_baseline_scored_zero() -> None:
+    zero = verdict_sentence(frame_of([0.0, 0.0], [0.1, 0.2]), "lightgcn", "llmrec")
+    assert "lightgcn has test Recall@20 0 and llmrec 0.1500" in zero and "2 seeds" in zero

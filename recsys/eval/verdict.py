@@ -95,8 +95,11 @@ def verdict_sentence(frame: pd.DataFrame, baseline: str, variant: str, *, cost_u
     name = {"recall": "Recall", "ndcg": "NDCG", "precision": "Precision", "hit": "HitRate"}.get(metric, metric)
     target = f"test {name}@{k}"
     cost = "" if cost_usd is None else f"; cost ${cost_usd:.2f}"
-    if c["n"] == 0 or np.isnan(c["rel"]):
+    if c["n"] == 0:
         return f"{what}: no {target} to compare ({variant} or {baseline} was not evaluated)."
+    if np.isnan(c["rel"]):  # the baseline scored 0: no relative change
+        return (f"{what}: {baseline} has test {name}@{k} 0 and {variant} {c['variant']:.4f}, so there is no relative "
+                f"change to test ({c['n']} seeds{cost}).")
     change = f"{c['rel'] * 100:+.1f} %"
     if c["n"] < 2:
         return (f"{what} changed {target} by {change} on a single seed: no significance test, so no verdict "

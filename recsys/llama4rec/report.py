@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.costs import COST_COLUMNS, NONE, summarize
+from recsys.eval.verdict import verdict_sentence
 from recsys.llama4rec.variants import BY_NAME, VARIANTS
 
 METRIC_COLUMNS = ("model", "variant", "seed", "split", "group", "metric", "k", "value")
@@ -170,7 +171,9 @@ def report_markdown(frame: pd.DataFrame, selection: pd.DataFrame, costs: pd.Data
     l4r, k = config.llama4rec, config.candidates.n_candidates
     seeds = sorted(evaluations)
     tail = next(iter(evaluations.values()))["tail"] if evaluations else {"users": 0, "max_train_items": 0}
-    lines = [f"# Llama4Rec on {config.data.dataset}, backbone {config.model.name}", "",
+    overall = frame[(frame["group"] == "all") & (frame["model"] == config.model.name)]
+    verdict = verdict_sentence(overall, "backbone", "llama4rec", metric="hit", k=min(l4r.ks), what="Llama4Rec")
+    lines = [f"# Llama4Rec on {config.data.dataset}, backbone {config.model.name}", "", f"**{verdict}**", "",
              f"Split {config.split.method}; the backbone's top-{k} list re-ranked; LLM `{config.llm.model}`; "
              f"seeds {', '.join(map(str, seeds))}. Tail users: the {tail['users']} users with at most "
              f"{tail['max_train_items']} training items (the lowest {l4r.tail_quantile:g} quantile of N(u)); head: "
