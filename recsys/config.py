@@ -527,6 +527,10 @@ class LLM4IDRecConfig(_Config):
     seed: int = 2023
     poll_s: float = Field(10.0, gt=0)  # hosted: first wait between job status checks, doubled up to poll_max_s
     poll_max_s: float = Field(300.0, gt=0)
+    # Hosted generation: one Prefect task run per batch of users, at most this many at once (as augment batches).
+    users_per_batch: int = Field(50, gt=0)
+    max_batches_in_flight: int = Field(4, ge=1)
+    batch_timeout_s: float | None = Field(3600.0, gt=0)  # a batch with no result by then is given up
 
     # Generation (C.5): [IDREC] predict.py samples with temperature 0.8, top-p 0.9 and 200 new tokens.
     temperature: float = Field(0.8, ge=0.0, le=2.0)
@@ -543,5 +547,8 @@ class LLM4IDRecRunConfig(BaseRunConfig):
     scores the optional base-rank filter uses."""
 
     llm4idrec: LLM4IDRecConfig = LLM4IDRecConfig()
+    # The hosted backend's OpenAI-compatible endpoint (base URL, key variable, limits, retries, price table): the
+    # fine-tuning job runs there and the fine-tuned model generates there. Unused by the local backend.
+    endpoint: EndpointConfig = EndpointConfig()
     downstream: tuple[Literal["mf", "lightgcn"], ...] = Field(("mf", "lightgcn"), min_length=1)
     seeds: Seeds = (2020,)

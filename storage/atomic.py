@@ -46,3 +46,12 @@ def write_text(dest: str | Path, text: str) -> Path:
     with atomic_path(dest) as tmp:
         tmp.write_text(text)
     return Path(dest)
+
+
+def write_safetensors(dest: str | Path, tensors: dict[str, Any]) -> Path:
+    """Write named arrays (numpy) as one safetensors file atomically."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(dest) as tmp:
+        save_file({k: v for k, v in tensors.items()}, str(tmp))
+    return Path(dest)

@@ -40,6 +40,8 @@ STAGE_VERSIONS: dict[str, str] = {
     "llm4idrec-lora": "1",
     "llm4idrec-generate": "1",
     "llm4idrec-split": "1",
+    "llm4idrec-job": "1",  # a hosted fine-tuning job's result
+    "llm4idrec-answers": "1",  # a batch of the fine-tuned model's answers (hosted generation)
 }
 
 RefOf = Callable[[Mapping[str, Any]], ArtifactRef]

@@ -14,8 +14,8 @@ import flows.llm4idrec
 def test_options_reach_the_flow_config(monkeypatch, tmp_path) -> None:
     calls: list[dict[str, Any]] = []
 
-    def fake(config, store_root, out_dir):
-        calls.append({"config": config, "store": store_root, "out": out_dir})
+    def fake(config, store_root, out_dir, **budget):
+        calls.append({"config": config, "store": store_root, "out": out_dir, **budget})
         return {}
 
     monkeypatch.setattr(flows.llm4idrec, "llm4idrec_flow", fake)
@@ -37,3 +37,21 @@ def test_missing_base_model_is_one_line_and_exit_2(tmp_path) -> None:
     res = CliRunner().invoke(cli.app, ["llm4idrec", "--base-model", str(tmp_path / "none.gguf")])
     assert res.exit_code == 2
     assert res.output.strip().splitlines() == [f"error: base model not found: {tmp_path / 'none.gguf'}"]
+
+
+def test_hosted_options_and_budget(monkeypatch, tmp_path) -> None:
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(flows.llm4idrec, "llm4idrec_flow", lambda **kw: calls.append(kw) or {"cost_usd": 0.25})
+    args = ["llm4idrec", "--backend", "hosted", "--base-model", "gpt-4o-mini-2024-07-18", "--base-url",
+            "http://127.0.0.1:9/v1", "--out", str(tmp_path / "o"), "--store", str(tmp_path / "s")]
+    res = CliRunner().invoke(cli.app, args)  # a priced model and no budget: refused before any work
+    assert res.exit_code == 2 and not calls
+    assert res.output.strip().startswith("error: model 'gpt-4o-mini-2024-07-18' costs $0.15 / $0.6 per 1M")
+    res = CliRunner().invoke(cli.app, [*args, "--max-cost-usd", "2.5"])
+    assert res.exit_code == 0, res.output
+    (call,) = calls
+    cfg = call["config"]
+    assert (cfg.llm4idrec.backend, cfg.llm4idrec.base_model, cfg.endpoint.base_url) == (
+        "hosted", "gpt-4o-mini-2024-07-18", "http://127.0.0.1:9/v1")
+    assert call["max_cost_usd"] == 2.5 and not call["allow_unbounded_spend"]
+    assert "this run spent $0.250000" in res.output

@@ -48,6 +48,15 @@ def test_flow_end_to_end_and_cached(small_movielens, tmp_path):
     assert len(pd.read_parquet(out / "loss.parquet")) == 2
     report = (out / "report.md").read_text()
     assert "LLM4IDRec on" in report and report.splitlines()[2].startswith("**LLM4IDRec augmentation ")  # verdict
+    assert "## Test by user group" in report and "Fine-tuning (local LoRA): 2 steps" in report
+    from peft import PeftModel, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), out / "adapter")
+    stored = s.read_tensors(refs["lora"], "adapter")
+    exported = get_peft_model_state_dict(loaded)
+    assert set(exported) == set(stored) and all((exported[k].numpy() == stored[k]).all() for k in stored)
+    assert any(abs(stored[k]).sum() > 0 for k in stored if "lora_B" in k)  # trained, not the zero init
     state = llm4idrec_flow(config=config, store_root=str(store), return_state=True)
     assert state.result()["refs"] == refs
     from tests.test_flow_base import task_states

@@ -4,6 +4,7 @@ that a re-run resumes without uploading or creating anything again."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,15 @@ import time
 import openai
 import pytest
 
-from recsys.llm4idrec.hosted import FineTuneFailed, start_job, wait_job
+from recsys.llm.tokens import count_tokens
+from recsys.llm4idrec.hosted import (
+    MAX_EPOCHS,
+    FineTuneFailed,
+    hyperparameters,
+    start_job,
+    trained_tokens_estimate,
+    wait_job,
+)
 from recsys.llm4idrec.jsonl import chat_record, to_jsonl
 from recsys.llm4idrec.samples import prefix_samples
 from storage.fine_tune_jobs import fine_tune_job
@@ -110,3 +119,35 @@ def test_rerun_after_sigkill_while_polling_resumes_the_same_job(server, tmp_path
     assert job.status == "succeeded" and job.id == job_id
     stats = server.stats()
     assert stats["fine_tuning_jobs_created"] == 1 and stats["files_created"] == 1
+
+
+def test_a_failed_job_is_replaced_on_the_next_start_and_calls_go_through_the_wrapper(server, tmp_path):
+    client, record, train = _client(server), fine_tune_job(tmp_path, "again"), _files()[0]
+    server.set_faults(fine_tune_fail=True, fine_tune_duration_s=0.05)
+    calls: list[str] = []
+
+    def call(what, fn):
+        calls.append(what)
+        return fn()
+
+    first = start_job(client, record, train, None, model="m", hyperparameters=HYPER, call=call)
+    with pytest.raises(FineTuneFailed):
+        wait_job(client, record, poll_s=0.05, poll_max_s=0.1, call=call)
+    server.set_faults(fine_tune_duration_s=0.05)
+    second = start_job(client, record, train, None, model="m", hyperparameters=HYPER, call=call)
+    assert second != first and record.record()["replaced_jobs"] == [first]
+    assert wait_job(client, record, poll_s=0.05, poll_max_s=0.1, call=call).status == "succeeded"
+    assert calls[:2] == ["files.create", "fine_tuning.jobs.create"] and calls.count("files.create") == 1
+    assert server.stats()["fine_tuning_jobs_created"] == 2 and server.stats()["files_created"] == 1
+
+
+def test_hyperparameters_and_token_estimate_match_the_server():
+    assert hyperparameters(12_800, 32, 400) == {"batch_size": 32, "n_epochs": 1}  # the paper's 400 x 32
+    assert hyperparameters(1_000, 32, 400)["n_epochs"] == 13  # 12,800 examples / 1,000, rounded up
+    assert hyperparameters(10, 32, 400)["n_epochs"] == MAX_EPOCHS
+    train, _ = _files()
+    one = trained_tokens_estimate(train, 1)
+    assert trained_tokens_estimate(train, 3) == 3 * one
+    lines = [json.loads(line) for line in train.splitlines()]
+    content = sum(count_tokens(m["content"]) for line in lines for m in line["messages"])
+    assert content < one <= content + 8 * len(lines) + 3 * len(lines)  # the content plus chat overhead

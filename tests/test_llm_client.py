@@ -570,6 +570,21 @@ def test_prices(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         PriceTable.from_yaml(bad)
 
 
+def test_fine_tuned_models_and_training_prices(tmp_path: Path) -> None:
+    table = load_price_table()
+    ft = "ft:gpt-4o-mini-2024-07-18:my-org:llm4idrec:AbC123"
+    assert table.resolve(ft) == "ft:gpt-4o-mini"  # priced apart from its base model
+    assert table.cost(ft, 1_000_000, 1_000_000) == pytest.approx(0.30 + 1.20)
+    assert table.training_cost("gpt-4o-mini-2024-07-18", 2_000_000) == pytest.approx(6.0)
+    assert table.training_cost("gpt-4.1-mini", 1_000_000) == pytest.approx(5.0)
+    assert table.training_cost("text-embedding-3-small", 10**6) is None  # no training price
+    assert table.resolve("ft:unknown-base:org:x:y") is None
+    custom = tmp_path / "prices.yaml"
+    custom.write_text("models:\n  base: {input: 1.0, output: 2.0, training: 4.0}\n  ft:base: {input: 2, output: 4}\n")
+    mine = PriceTable.from_yaml(custom)
+    assert mine.training_cost("base", 500_000) == pytest.approx(2.0) and mine.cost("ft:base:o:s:i", 10**6, 0) == 2.0
+
+
 def test_a_priced_model_needs_a_budget_or_an_explicit_allowance(tmp_path: Path) -> None:
     with pytest.raises(UnboundedSpend, match=r"'gpt-4o-mini-2024-07-18' costs \$0.15 / \$0.6 per 1M .* no budget: set "
                                              r"max_cost_usd .* or allow_unbounded_spend"):

@@ -85,7 +85,8 @@ def _answer(item: dict[str, Any]) -> BatchAnswer:
 
 class BatchAPI:
     """The Batch API calls of one endpoint (files.create, batches.create/retrieve/list, files.content), each
-    retried by the one retry layer (recsys/llm/retry.py). The API key is resolved as for chat and never shown."""
+    retried by the one retry layer (recsys/llm/retry.py); `call` puts other SDK calls (fine-tuning jobs) under
+    the same layer. The API key is resolved as for chat and never shown."""
 
     def __init__(self, cfg: Any, *, max_attempts: int | None = None) -> None:
         self.cfg = cfg
@@ -94,7 +95,14 @@ class BatchAPI:
         self._secret = secret
         self._attempts = max_attempts or cfg.max_attempts
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    @property
+    def client(self) -> openai.OpenAI:
+        """The SDK client (no retries of its own: send its calls through `call`)."""
+        return self._client
+
+    def call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """`fn()` (one SDK call, named `what` in logs and errors) under the retry layer; BatchAPIError when no
+        attempt succeeded."""
         def attempt() -> Any:
             try:
                 return fn()
@@ -104,22 +112,22 @@ class BatchAPI:
                                max_wait_s=self.cfg.backoff_max_s) from None
 
         loop = retrying(max_attempts=self._attempts, initial=self.cfg.backoff_initial_s,
-                        maximum=self.cfg.backoff_max_s, what=f"Batch API {what}")
+                        maximum=self.cfg.backoff_max_s, what=what)
         try:
             return loop(attempt)
         except (Retryable, AttemptFailed) as exc:
-            raise BatchAPIError(f"Batch API {what} at {self.base_url} failed: {exc.description}") from None
+            raise BatchAPIError(f"{what} at {self.base_url} failed: {exc.description}") from None
 
     def upload(self, path: Path) -> str:
         """files.create(purpose="batch"); the file's id."""
         def send() -> Any:
             with open(path, "rb") as f:
                 return self._client.files.create(file=(path.name, f), purpose="batch")
-        return str(self._call("files.create", send).id)
+        return str(self.call("Batch API files.create", send).id)
 
     def create(self, input_file_id: str, job: str, window: str) -> str:
         """batches.create for chat completions, its metadata naming `job`; the batch's id."""
-        batch = self._call("batches.create", lambda: self._client.batches.create(
+        batch = self.call("Batch API batches.create", lambda: self._client.batches.create(
             input_file_id=input_file_id, endpoint=CHAT_URL, completion_window=window,  # type: ignore[arg-type]
             metadata={JOB_METADATA: job}))
         return str(batch.id)
@@ -127,7 +135,7 @@ class BatchAPI:
     def find(self, input_file_id: str, job: str) -> str | None:
         """The id of a batch already created for `job` from `input_file_id` (the newest 100 batches are looked
         at), or None."""
-        page = self._call("batches.list", lambda: self._client.batches.list(limit=100))
+        page = self.call("Batch API batches.list", lambda: self._client.batches.list(limit=100))
         for batch in page.data:
             if batch.input_file_id == input_file_id and (batch.metadata or {}).get(JOB_METADATA) == job:
                 return str(batch.id)
@@ -135,11 +143,11 @@ class BatchAPI:
 
     def status(self, batch_id: str) -> dict[str, Any]:
         """batches.retrieve as a plain dict (status, output_file_id, error_file_id, request_counts, errors)."""
-        return self._call("batches.retrieve", lambda: self._client.batches.retrieve(batch_id)).model_dump()
+        return self.call("Batch API batches.retrieve", lambda: self._client.batches.retrieve(batch_id)).model_dump()
 
     def content(self, file_id: str) -> str:
         """files.content: a file's text."""
-        return self._call("files.content", lambda: self._client.files.content(file_id)).text
+        return self.call("Batch API files.content", lambda: self._client.files.content(file_id)).text
 
     def close(self) -> None:
         self._client.close()

@@ -2,7 +2,9 @@
 
 The packaged table is `prices.yaml` beside this module; `LLMConfig.price_table` replaces it. A model name resolves
 exactly, then through the table's aliases, then by dropping a dated snapshot suffix ("gpt-4o-mini-2024-07-18" ->
-"gpt-4o-mini", "gpt-3.5-turbo-0125" -> "gpt-3.5-turbo"). Only date-like suffixes are dropped: "gpt-3.5-turbo-16k"
+"gpt-4o-mini", "gpt-3.5-turbo-0125" -> "gpt-3.5-turbo"). A fine-tuned model ("ft:<base>:<org>:<suffix>:<id>")
+resolves as "ft:<base>", which the table prices apart (fine-tuned models cost more per token); a model's `training`
+price is USD per 1M trained tokens of a fine-tuning job on it. Only date-like suffixes are dropped: "gpt-3.5-turbo-16k"
 is priced differently from "gpt-3.5-turbo", so it is unknown rather than silently mispriced. An unknown model costs
 None (logged once). `require_budget` refuses a run against a model with a price and no budget, unless it is told
 that unbounded spend is intended.
@@ -37,6 +39,7 @@ class Price:
     output_per_m: float
     batch_input_per_m: float | None = None  # None: BATCH_DISCOUNT of the normal price
     batch_output_per_m: float | None = None
+    training_per_m: float | None = None  # fine-tuning jobs on this model: USD per 1M trained tokens; None: unpriced
 
     def cost(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float:
         """USD for one call's tokens (at batch prices when `batch`)."""
@@ -59,12 +62,13 @@ class PriceTable:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PriceTable:
-        """Read `{models: {name: {input, output[, batch_input, batch_output]}}, aliases: {alias: name}}`."""
+        """Read `{models: {name: {input, output[, batch_input, batch_output, training]}}, aliases: {alias: name}}`."""
         data = yaml.safe_load(Path(path).read_text()) or {}
         models: dict[str, Price] = {}
         for name, entry in (data.get("models") or {}).items():
             try:
-                batch = [None if entry.get(k) is None else float(entry[k]) for k in ("batch_input", "batch_output")]
+                batch = [None if entry.get(k) is None else float(entry[k])
+                         for k in ("batch_input", "batch_output", "training")]
                 models[str(name)] = Price(float(entry["input"]), float(entry["output"]), *batch)
             except (TypeError, KeyError, ValueError) as exc:
                 raise ValueError(f"{path}: model {name!r} needs numeric 'input' and 'output' prices") from exc
@@ -77,6 +81,8 @@ class PriceTable:
     def resolve(self, model: str) -> str | None:
         """The table's name for `model`, or None when it is not priced."""
         name = model.strip()
+        if name.startswith("ft:") and name.count(":") > 1:  # ft:<base>:<org>:<suffix>:<id> -> ft:<base>
+            name = ":".join(name.split(":")[:2])
         for _ in range(3):  # exact, alias, snapshot-stripped (and its alias)
             if name in self.models:
                 return name
@@ -98,6 +104,14 @@ class PriceTable:
                 self._warned.add(model)
                 log.warning("no price for model %r: its calls are recorded with cost None", model)
         return None
+
+    def training_cost(self, model: str, trained_tokens: int) -> float | None:
+        """USD of a fine-tuning job on `model` that trained `trained_tokens` tokens (epochs included); None when
+        the table has no training price for it."""
+        price = self.price(model)
+        if price is None or price.training_per_m is None:
+            return None
+        return trained_tokens * price.training_per_m / 1_000_000
 
     def known(self, model: str) -> bool:
         """Whether `model` has a price (no warning)."""

@@ -50,13 +50,28 @@ def load_base(path: str | Path, device: str = "auto") -> tuple[Any, Any]:
     return model.to(resolve_device(device)).eval(), tokenizer
 
 
-def attach_lora(model: Any, config: LLM4IDRecConfig) -> Any:
-    """`model` wrapped with fresh LoRA adapters (r, alpha, dropout, target modules of `config`)."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(config: LLM4IDRecConfig) -> Any:
+    """peft's LoraConfig of `config` (r, alpha, dropout, target modules; causal LM)."""
+    from peft import LoraConfig
 
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.lora_targets), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+
+
+def attach_lora(model: Any, config: LLM4IDRecConfig) -> Any:
+    """`model` wrapped with fresh LoRA adapters (`lora_config`)."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(config))
+
+
+def adapter_config(config: LLM4IDRecConfig, base_model: str) -> dict[str, Any]:
+    """The `adapter_config.json` of peft's adapter folder for `config`, naming `base_model`: with the adapter's
+    tensors as `adapter_model.safetensors` (`adapter_tensors` names), the folder that
+    `peft.PeftModel.from_pretrained` and vLLM's `--lora-modules NAME=FOLDER` load."""
+    data = lora_config(config).to_dict()
+    data["base_model_name_or_path"] = base_model
+    return {k: sorted(v) if isinstance(v, set) else getattr(v, "value", v) for k, v in data.items()}
 
 
 def _has_template(tokenizer: Any) -> bool:
