@@ -5,8 +5,9 @@ unrelated records (i10+k -> i50+k,i80+k) add prior mass elsewhere."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openai
@@ -14,9 +15,11 @@ import pytest
 
 from llmsim import MODEL_ID, idrec
 from llmsim.launch import LLMServer
+from recsys.llm4idrec.hosted import start_job, wait_job
 from recsys.llm4idrec.jsonl import to_jsonl
 from recsys.llm4idrec.parse import parse_generation
 from recsys.llm4idrec.prompts import item_list, prompt_text
+from storage.fine_tune_jobs import fine_tune_job
 
 PLANTED = 20
 FLOW_SAMPLING = {"temperature": 0.8, "top_p": 0.9, "max_tokens": 200}  # what LLM4IDRec's hosted generation sends
@@ -40,16 +43,11 @@ def _client(server: LLMServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
 
 
-def _fine_tune(client: openai.OpenAI, training: str) -> openai.types.fine_tuning.FineTuningJob:
-    file = client.files.create(file=("train.jsonl", training.encode()), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=file.id, suffix="idrec")
-    for _ in range(200):
-        job = client.fine_tuning.jobs.retrieve(job.id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.05)
-    assert job.status == "succeeded", job.error
-    return job
+def _fine_tune(client: openai.OpenAI, training: str, folder: Path) -> Any:
+    """The succeeded job, run as LLM4IDRec's hosted path runs it (recsys/llm4idrec/hosted.py)."""
+    record = fine_tune_job(folder, "job")
+    start_job(client, record, training, None, model="gpt-4o-mini-2024-07-18", hyperparameters={}, suffix="idrec")
+    return wait_job(client, record, poll_s=0.05, poll_max_s=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +58,9 @@ def server(llm_server: LLMServer) -> Iterator[LLMServer]:
 
 
 @pytest.fixture(scope="module")
-def tuned(server: LLMServer) -> str:
+def tuned(server: LLMServer, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The fine-tuned model id of a job on the planted file."""
-    return _fine_tune(_client(server), _training_file()).fine_tuned_model
+    return _fine_tune(_client(server), _training_file(), tmp_path_factory.mktemp("ft")).fine_tuned_model
 
 
 def _ask(server: LLMServer, model: str, user: int, history: list[int], **params) -> openai.types.chat.ChatCompletion:
@@ -128,11 +126,11 @@ def test_injected_error_and_response_format_are_refused(server, tuned):
             "name": "items", "schema": {"type": "object", "properties": {"items": {"type": "array"}}}}})
 
 
-def test_models_list_the_fine_tuned_id_and_a_non_idrec_file_learns_nothing(server, tuned):
+def test_models_list_the_fine_tuned_id_and_a_non_idrec_file_learns_nothing(server, tuned, tmp_path):
     client = _client(server)
     assert tuned in {m.id for m in client.models.list()} and client.models.retrieve(tuned).id == tuned
     other = to_jsonl([{"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]}])
-    job = _fine_tune(client, other)
+    job = _fine_tune(client, other, tmp_path)
     events = [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
     assert not any("co-occurrences" in e for e in events)
     assert _ask(server, job.fine_tuned_model, 4, [1, 5]).choices[0].message.content == "i1,i5"  # untuned echo
