@@ -2,10 +2,11 @@
 /v1/batches (the Batch API, llmsim/batches.py), /v1/fine_tuning/jobs (llmsim/fine_tuning.py), plus /admin/*.
 
 This server is not a language model. It answers the project's prompts (LLMRec's three augmentations,
-llmsim/heuristics.py; Llama4Rec's ranking and pairwise prompts, llmsim/ranking.py) with transparent, deterministic
-heuristics and embeds text with a small local sentence-embedding model, so that the whole pipeline (client,
-retries, rate limits, caching, parsing) runs and is tested offline over real HTTP. Faults (rate limits, errors,
-hangs, malformed answers, dropped connections) are injected on demand.
+llmsim/heuristics.py; Llama4Rec's ranking and pairwise prompts, llmsim/ranking.py; LLM4IDRec's generation prompts,
+from item co-occurrences counted in a fine-tuning job's training file, llmsim/idrec.py) with transparent,
+deterministic heuristics and embeds text with a small local sentence-embedding model, so that the whole pipeline
+(client, retries, rate limits, caching, parsing) runs and is tested offline over real HTTP. Faults (rate limits,
+errors, hangs, malformed answers, dropped connections) are injected on demand.
 
 Structured outputs: the server takes one `response_format` form (`FaultConfig.structured_outputs`, default
 json_schema) and answers any other with HTTP 500, as llama.cpp's server does; a request without one is always
@@ -37,7 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
-from llmsim import MODEL_ID, ranking
+from llmsim import MODEL_ID, idrec, ranking
 from llmsim import heuristics as h
 from llmsim.embedder import AsyncEmbedder
 from llmsim.faults import Decision, Fault, FaultConfig, FaultInjector
@@ -141,6 +142,9 @@ class ChatRequest(BaseModel):
 
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    seed: int | None = None
     stream: Literal[False] | None = None  # streaming is not supported
     n: Literal[1] | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -170,6 +174,8 @@ class Simulator:
     files: dict[str, Any] = field(default_factory=dict)  # file id -> llmsim.batches.StoredFile
     batches: dict[str, Any] = field(default_factory=dict)  # batch id -> llmsim.batches.Batch
     fine_tuning_jobs: dict[str, Any] = field(default_factory=dict)  # job id -> llmsim.fine_tuning.Job
+    # fine_tuned_model id -> what it learned from its training file; in memory only, lost when the server restarts
+    idrec_models: dict[str, idrec.IDRecModel] = field(default_factory=dict)
 
 
 def _simulator(request: Request) -> Simulator:
@@ -177,6 +183,7 @@ def _simulator(request: Request) -> Simulator:
 
 
 Sim = Annotated[Simulator, Depends(_simulator)]
+AnyPrompt = h.Prompt | ranking.Prompt | idrec.IDRecPrompt
 router = APIRouter()
 
 
@@ -274,8 +281,10 @@ def _model_entry(model_id: str) -> dict[str, Any]:
 
 
 @router.get("/v1/models")
-async def list_models() -> dict[str, Any]:
-    return {"object": "list", "data": [_model_entry(MODEL_ID)]}
+async def list_models(sim: Sim) -> dict[str, Any]:
+    """The server's model and the fine-tuned models of this server's succeeded jobs."""
+    tuned = [job.fine_tuned_model for job in sim.fine_tuning_jobs.values() if job.fine_tuned_model]
+    return {"object": "list", "data": [_model_entry(m) for m in (MODEL_ID, *tuned)]}
 
 
 @router.get("/v1/models/{model_id}")
@@ -306,9 +315,10 @@ class UnsupportedFormat(Exception):
     """A `response_format` this server does not take (answered with HTTP 500, as llama.cpp's server does)."""
 
 
-def _format(body: ChatRequest, sim: Simulator) -> tuple[str, dict[str, Any] | None]:
+def _format(body: ChatRequest, prompt: AnyPrompt, sim: Simulator) -> tuple[str, dict[str, Any] | None]:
     """(mode, JSON schema or None) of the request's `response_format`; raises BadRequest for one that is no known
-    form, UnsupportedFormat for a form other than the server's."""
+    form or for any form with an LLM4IDRec prompt (answered as plain text), UnsupportedFormat for a form other than
+    the server's."""
     try:
         mode = format_mode(body.response_format)
     except ValueError as exc:
@@ -317,17 +327,24 @@ def _format(body: ChatRequest, sim: Simulator) -> tuple[str, dict[str, Any] | No
     if mode not in ("none", served):
         raise UnsupportedFormat(f"response_format {mode} is not supported by this server (it takes {served}; "
                                 f"the type field was {body.response_format.get('type')!r})")
+    if mode != "none" and isinstance(prompt, idrec.IDRecPrompt):
+        raise BadRequest("an LLM4IDRec prompt is answered as a plain i<id> list: send no response_format",
+                         "response_format")
     return mode, request_schema(body.response_format)
 
 
-async def _answer(prompt: h.Prompt | ranking.Prompt, decision: Decision, embedder: AsyncEmbedder,
-                  mode: str) -> tuple[str, str | None]:
+async def _answer(body: ChatRequest, messages: list[dict[str, Any]], prompt: AnyPrompt, decision: Decision,
+                  sim: Simulator, mode: str) -> tuple[str, str | None]:
     """The answer's text and the fault it carries (None: a genuine answer), as decoding in `mode` allows."""
     if decision.malformed and mode == "none":
         return h.non_json_answer(decision.draw), "malformed"
     if decision.malformed and mode == "json_object":
         return h.json_non_answer(decision.draw), "malformed"
-    text, fault = await _genuine(prompt, decision, embedder)
+    if isinstance(prompt, idrec.IDRecPrompt):
+        how = idrec.sampling(body.temperature, body.top_p, body.seed, messages)
+        text, fault = idrec.answer(prompt, sim.idrec_models.get(body.model or MODEL_ID), how), None
+    else:
+        text, fault = await _genuine(prompt, decision, sim.embedder)
     if decision.wrapped and mode == "none":
         return h.wrapped_answer(text, decision.draw), fault or "wrapped"
     return text, fault
@@ -350,12 +367,12 @@ async def _genuine(prompt: h.Prompt | ranking.Prompt, decision: Decision, embedd
     return h.edges_answer(liked, disliked), None
 
 
-async def complete(body: ChatRequest, messages: list[dict[str, Any]], prompt: h.Prompt | ranking.Prompt,
+async def complete(body: ChatRequest, messages: list[dict[str, Any]], prompt: AnyPrompt,
                    decision: Decision, sim: Simulator) -> tuple[dict[str, Any], str | None]:
     """The chat.completion object answering `prompt` and the fault it carries; counted in the stats. Raises
     BadRequest / UnsupportedFormat for a `response_format` the server does not take."""
-    mode, schema = _format(body, sim)
-    text, fault = await _answer(prompt, decision, sim.embedder, mode)
+    mode, schema = _format(body, prompt, sim)
+    text, fault = await _answer(body, messages, prompt, decision, sim, mode)
     max_tokens, finish_reason = body.max_completion_tokens or body.max_tokens, "stop"
     if max_tokens is not None and count_tokens(text) > max_tokens:
         text, finish_reason, fault = _truncate(text, max_tokens), "length", fault or "truncated"
@@ -375,11 +392,12 @@ async def complete(body: ChatRequest, messages: list[dict[str, Any]], prompt: h.
     }, fault
 
 
-def parse_chat(body: ChatRequest) -> tuple[list[dict[str, Any]], h.Prompt | ranking.Prompt]:
+def parse_chat(body: ChatRequest) -> tuple[list[dict[str, Any]], AnyPrompt]:
     """The request's messages as dicts and the prompt they hold; raises BadRequest."""
     messages = [m.model_dump(exclude_unset=True) for m in body.messages]
     try:
-        return messages, ranking.parse_prompt(messages) or h.parse_prompt(messages)
+        return messages, (ranking.parse_prompt(messages) or idrec.parse_prompt(messages)
+                          or h.parse_prompt(messages))
     except h.PromptError as exc:
         raise BadRequest(str(exc), "messages") from exc
 

@@ -8,6 +8,10 @@ times n_epochs. A file that breaks the format rules fails the job at validation 
 the first bad line in the message), as OpenAI does. Faults: `fine_tune_fail` fails every job while running
 (`error.code` training_failed), `fine_tune_duration_s` makes a job as slow as wanted. Events list each state
 change. `/admin/stats` counts fine_tuning_jobs_created.
+
+Before a job succeeds, the server counts item co-occurrences in its LLM4IDRec training records (llmsim/idrec.py)
+and keeps them in memory under the job's `fine_tuned_model` (`Simulator.idrec_models`), so chat completions with
+that model answer LLM4IDRec prompts from them; they are lost when the server restarts.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
+from llmsim import idrec
 from llmsim.batches import Sim, _bad, _not_found, _page
 from recsys.llm.tokens import count_tokens
 from recsys.llm4idrec.jsonl import format_errors
@@ -160,5 +165,10 @@ async def _run(job: Job, contents: dict[str, bytes], sim: Any) -> None:
             job.enter("failed", job.error["message"])
             return
         job.trained_tokens = _tokens(contents["training_file"]) * int(job.hyperparameters.get("n_epochs") or 1)
+        model = await asyncio.to_thread(idrec.learn, contents["training_file"])
         job.fine_tuned_model = f"ft:{job.model}:llmsim:{job.suffix or 'model'}:{job.id[6:14]}"
+        if model is not None:  # registered before the job says succeeded, so the model answers at once
+            sim.idrec_models[job.fine_tuned_model] = model
+            job.enter("running", f"Learned item co-occurrences from {model.examples} LLM4IDRec examples "
+                                 f"({model.items.size} items, {model.answer_length} items per answer)")
         job.enter("succeeded", f"New fine-tuned model created: {job.fine_tuned_model}")
