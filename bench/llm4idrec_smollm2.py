@@ -52,6 +52,22 @@ def gowalla_subsample(n_users: int, seed: int, folder: Path) -> Path:
     return folder
 
 
+def generation_lines(result: dict) -> list[str]:
+    """Markdown: the shares of generated pieces that parse, are in the catalogue and are new to the user; the
+    share of kept items that are held-out VALID items beside random and most-popular picks; drops and merge."""
+    s = result["summary"]
+    pieces = max(s["pieces"], 1)
+    unparsable = s["dropped"].get("unparsable", 0)
+    outside = s["dropped"].get("not_in_catalogue", 0)
+    shares = {"parse": 1 - unparsable / pieces, "in catalogue": 1 - (unparsable + outside) / pieces,
+              "new to the user (kept)": s["kept"] / pieces}
+    return ["## Generated pieces", "", "| share of pieces | value |", "|---|---|",
+            *[f"| {k} | {v:.3f} |" for k, v in shares.items()], "",
+            "| share of kept items that are held-out VALID items | value |", "|---|---|",
+            *[f"| {k.removeprefix('valid_share_')} | {s[k]:.4f} |" for k in s if k.startswith("valid_share_")],
+            "", f"Drops by reason: {s['dropped']}; merge: {result['merge']}"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["ml-100k", "gowalla"], default="ml-100k")
@@ -88,21 +104,11 @@ def main() -> None:
     start = time.perf_counter()
     result = llm4idrec_flow(config=config, store_root=str(args.store or work / "store"), out_dir=str(work / "out"))
     elapsed = time.perf_counter() - start
-    s = result["summary"]
-    pieces = max(s["pieces"], 1)
-    unparsable = s["dropped"].get("unparsable", 0)
-    outside = s["dropped"].get("not_in_catalogue", 0)
-    shares = {"parse": 1 - unparsable / pieces, "in catalogue": 1 - (unparsable + outside) / pieces,
-              "new to the user (kept)": s["kept"] / pieces}
     options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)
     lines = [f"# LLM4IDRec with SmolLM2-135M-Instruct (Q4_1 GGUF) on {args.dataset}", "",
              f"Command: python bench/llm4idrec_smollm2.py {options}",
              f"Wall time {elapsed:.0f} s on {os.cpu_count()} CPU cores, torch {torch.__version__}.", "",
-             "## Generated pieces", "", "| share of pieces | value |", "|---|---|",
-             *[f"| {k} | {v:.3f} |" for k, v in shares.items()], "",
-             "| share of kept items that are held-out VALID items | value |", "|---|---|",
-             *[f"| {k.removeprefix('valid_share_')} | {s[k]:.4f} |" for k in s if k.startswith("valid_share_")],
-             "", f"Drops by reason: {s['dropped']}; merge: {result['merge']}", "", result["report"]]
+             *generation_lines(result), "", result["report"]]
     text = "\n".join(lines)
     print(text)
     out = REPO / "bench" / "results" / f"llm4idrec_{args.dataset}.md"
