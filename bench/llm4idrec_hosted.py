@@ -9,7 +9,7 @@ The local server is not a language model: its "fine-tuned model" is an item co-o
 uploaded training file (llmsim/idrec.py), so the numbers measure the pipeline and what such a model adds, not what
 OpenAI's fine-tuned model would add. The USD are what the ledger records at `--base-model`'s list prices (training
 and fine-tuned inference), i.e. what the same tokens would cost at OpenAI. Writes
-bench/results/llm4idrec_hosted_<dataset>.md.
+bench/results/llm4idrec_hosted_ml-100k[_rank<N>].md.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=943, help="users whose ID sequences fine-tune and generate")
     ap.add_argument("--base-model", default="gpt-4o-mini-2024-07-18")
     ap.add_argument("--max-cost-usd", type=float, default=40.0)
+    ap.add_argument("--max-base-rank", type=int, default=None, help="keep generated items the base model ranks in "
+                                                                    "the user's top this many")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--store", type=Path, default=None)
@@ -44,7 +46,7 @@ def main() -> None:
             data=DataConfig(dataset="ml-100k"), train=TrainConfig(max_epochs=args.epochs),
             endpoint=EndpointConfig(base_url=server.base_url, rpm=None, tpm=None),
             llm4idrec=LLM4IDRecConfig(backend="hosted", base_model=args.base_model, sample_users=args.users,
-                                      poll_s=1.0),
+                                      poll_s=1.0, max_base_rank=args.max_base_rank),
             seeds=tuple(range(2020, 2020 + args.seeds)),
         )
         start = time.perf_counter()
@@ -62,7 +64,8 @@ def main() -> None:
              *generation_lines(result), "", result["report"]]
     text = "\n".join(lines)
     print(text)
-    out = REPO / "bench" / "results" / "llm4idrec_hosted_ml-100k.md"
+    suffix = f"_rank{args.max_base_rank}" if args.max_base_rank else ""
+    out = REPO / "bench" / "results" / f"llm4idrec_hosted_ml-100k{suffix}.md"
     out.write_text(text + "\n")
     print(f"\nwrote {out}")
 

@@ -111,13 +111,16 @@ def hosted_generation(config: LLM4IDRecRunConfig, root: str, split: str, data: s
 
 
 def hosted_costs(store: ArtifactStore, job_ref: str, ledger_root: str) -> dict[str, dict]:
-    """recsys/costs.py `totals` of the hosted stages (fine-tuning, generation) over every ledger row on this job's
-    base and fine-tuned models, all runs: what producing this augmentation cost, also when this run found it cached."""
+    """recsys/costs.py `totals` of the hosted stages over the ledger, all runs: this job's row (its id is the row's
+    `batch`) and every generation call to its fine-tuned model. What producing this augmentation cost, also when
+    this run found it cached."""
     job = store.read_json(job_ref, "job")
     rows = read_ledger(ledger_root)
-    if len(rows):
-        rows = rows[rows["model"].isin([job["base_model"], job["fine_tuned_model"]])]
-    return {s: totals(rows[rows["stage"] == s] if len(rows) else rows) for s in (FINETUNE_STAGE, GENERATE_STAGE)}
+    if not len(rows):
+        return {s: totals(rows) for s in (FINETUNE_STAGE, GENERATE_STAGE)}
+    return {FINETUNE_STAGE: totals(rows[(rows["stage"] == FINETUNE_STAGE) & (rows["batch"] == job["job_id"])]),
+            GENERATE_STAGE: totals(rows[(rows["stage"] == GENERATE_STAGE)
+                                        & (rows["model"] == job["fine_tuned_model"])])}
 
 
 def fine_tuning_lines(store: ArtifactStore, refs: dict[str, str], costs: dict[str, dict], ledger_root: str

@@ -127,6 +127,8 @@ def test_failed_batch_fails_the_run_and_a_rerun_asks_only_its_users(small_moviel
     stats = sim.stats()
     assert stats["fine_tuning_jobs_created"] == 0 and stats["chat_ok"] == 1  # the job reused, user 7 re-asked
     assert result["summary"]["users"] == 60
+    job = ArtifactStore(store).read_json(result["refs"]["job"], "job")
+    assert f"cost ${job['cost_usd']:.4f}. Generation" in result["report"]  # this job's row, not other jobs'
 
 
 def test_killed_while_polling_the_job_resumes_it(small_movielens: Path, sim: LLMServer, store: str,
