@@ -124,3 +124,31 @@ def test_items_without_text_stop_before_the_first_llm_call(cases, tmp_path, llm_
     assert failures["reason"].str.startswith("not asked: no item text").all() and (failures["asks"] == 0).all()
     attributes = pd.read_parquet(tmp_path / "b" / "item_attributes.parquet")
     assert set(attributes["item_id"]) == set(ids[:20])
+
+
+def test_items_without_text_stop_llama4rec_before_the_first_llm_call(cases, tmp_path, llm_server):
+    """Llama4Rec's ranking prompt shows every item of a list: no title for some items is refused as well as for
+    all; with a title for each, the run goes through."""
+    folder = cases / "items-without-text"
+    args = ["llama4rec", "--dataset", str(folder), "--base-url", llm_server.base_url, "--model", "llmrec-heuristic",
+            "--backbone", "mf", "--epochs", "2", "--device", "cpu", "--pairs-per-user", "1"]
+    llm_server.reset()
+    res = llmrec(tmp_path, *args, "--out", str(tmp_path / "a"))
+    assert res.exit_code == 2, res.output
+    line = one_error_line(res.stdout)
+    assert "24 of 24 items" in line and "have no text" in line and "--items FILE" in line and str(folder) in line
+    assert llm_server.stats()["requests"] == 0
+
+    ids = sorted(pd.read_csv(folder / "interactions.csv")["item_id"].unique())
+    table = tmp_path / "items.csv"
+    pd.DataFrame({"item_id": ids[:20], "title": [f"Film {i} (1999)" for i in ids[:20]]}).to_csv(table, index=False)
+    res = llmrec(tmp_path, *args, "--items", str(table), "--out", str(tmp_path / "b"))
+    assert res.exit_code == 2, res.output
+    line = one_error_line(res.stdout)
+    assert "4 of 24 items" in line and f"e.g. item {ids[20]}" in line and "--items FILE" in line
+    assert llm_server.stats()["requests"] == 0 and not (tmp_path / "b").exists()
+
+    pd.DataFrame({"item_id": ids, "title": [f"Film {i} (1999)" for i in ids]}).to_csv(table, index=False)
+    res = llmrec(tmp_path, *args, "--items", str(table), "--out", str(tmp_path / "c"))
+    assert res.exit_code == 0, res.output
+    assert llm_server.stats()["requests"] > 0 and (tmp_path / "c" / "report.md").is_file()
