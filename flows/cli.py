@@ -134,8 +134,9 @@ MaxPromptTokens = Annotated[int, typer.Option(min=1, help="Most prompt tokens pe
 Items = Annotated[Path | None, typer.Option(help="Item text table (Parquet/CSV: item_id, title[, year, genres, "
                                                  "description]) for a user-supplied dataset; the LLM needs titles.")]
 SplitMethod = Annotated[Literal["random", "temporal", "loo"] | None, typer.Option(
-    "--split", help="How to split the interactions: random (per user 80/10/10, default), temporal (by timestamp) or "
-                    "loo (leave-one-out: last item to test, the one before to valid; for users with few items).")]
+    "--split", help="How to split the interactions: random (per user 80/10/10), temporal (by timestamp) or loo "
+                    "(leave-one-out: last item to test, the one before to valid; for users with few items). Default: "
+                    "random (llama4rec: loo, as its paper).")]
 SplitOverlap = Annotated[Literal["error", "drop"], typer.Option(
     help="A (user, item) pair in two parts of --split-dir: error, or drop it from the later part.")]
 ColdUsers = Annotated[Literal["exclude", "keep"], typer.Option(
@@ -198,13 +199,21 @@ def expected(*errors: type[Exception]) -> Iterator[None]:
 
 
 def split_config(method: str | None, split_dir: Path | None, overlap: str, max_train_per_user: int | None = None,
-                 seed: int = 2020) -> SplitConfig:
-    """The split the --split / --split-dir / --split-overlap / --max-train-per-user options ask for."""
+                 seed: int = 2020, default: str = "random") -> SplitConfig:
+    """The split the --split / --split-dir / --split-overlap / --max-train-per-user options ask for; `default` is
+    the method without --split and --split-dir."""
     if split_dir is not None:
         if method is not None:
             raise _fail("--split and --split-dir exclude each other: --split-dir is a split already made")
         return SplitConfig(method="dir", split_dir=split_dir, overlap=overlap, max_train_per_user=max_train_per_user)
-    return SplitConfig(method=method or "random", seed=seed, overlap=overlap, max_train_per_user=max_train_per_user)
+    return SplitConfig(method=method or default, seed=seed, overlap=overlap, max_train_per_user=max_train_per_user)
+
+
+def check_endpoint(llm: LLMConfig) -> None:
+    """LLMConfigError (a ValueError) before any work when no request could be sent: OpenAI's API without a key."""
+    from recsys.llm.client import resolve_endpoint  # deferred: importing openai costs a second, --help should not
+
+    resolve_endpoint(llm)
 
 
 def endpoint_fields(max_in_flight: int, timeout: float, structured_outputs: str) -> dict[str, Any]:
@@ -374,17 +383,19 @@ def augment(
                                                    max_prompt_tokens)),
             runner=runner_config(runner, dask_address),
         )
-        if not estimate:  # an estimate spends nothing
+        if not estimate:  # an estimate spends nothing, and needs no API key
             require_budget(config.llm.model, max_cost_usd, allow_unbounded_spend, config.llm.price_table)
+            check_endpoint(config.llm)
 
     from flows.augment import AugmentFailed, estimate_flow, run_augment
+    from recsys.llm.client import LLMConfigError
     from tasks.ratelimit import RateLimitUnusable
 
     if estimate:
-        with expected(*RUN_ERRORS):
+        with expected(*RUN_ERRORS, LLMConfigError):
             print_estimate(estimate_flow(config=config, store_root=str(store) if store else None), config.llm.model)
         return
-    with expected(*RUN_ERRORS, AugmentFailed, RateLimitUnusable):
+    with expected(*RUN_ERRORS, AugmentFailed, RateLimitUnusable, LLMConfigError):
         result = run_augment(config=config, store_root=str(store) if store else None, out_dir=str(out),
                              max_cost_usd=max_cost_usd, allow_unbounded_spend=allow_unbounded_spend)
     print_positions(result["positions"])
@@ -545,15 +556,16 @@ def run(
             require_budget(config.llm.model, max_cost_usd, allow_unbounded_spend, config.llm.price_table)
 
     from flows.augment import AugmentFailed, estimate_flow
+    from recsys.llm.client import LLMConfigError
     from recsys.tune.study import TuningFailed
 
     if estimate:
-        with expected(*RUN_ERRORS):
+        with expected(*RUN_ERRORS, LLMConfigError):
             print_estimate(estimate_flow(config=config.augment_run(), store_root=str(store) if store else None),
                            config.llm.model)
         return
 
-    with expected(*RUN_ERRORS, AugmentFailed, LLMServerError, TuningFailed):
+    with expected(*RUN_ERRORS, AugmentFailed, LLMServerError, TuningFailed, LLMConfigError):
         result = run_pipeline(config, base_url or None, names, store, out, tune, max_cost_usd=max_cost_usd,
                               allow_unbounded_spend=allow_unbounded_spend)
     console.print(result["report"], markup=False, highlight=False)
@@ -633,9 +645,12 @@ def llama4rec(
     backbone: BaseModel = "lightgcn",
     dataset: Dataset = "ml-100k",
     data_dir: DataDir = None,
-    split: Literal["loo", "random"] = typer.Option("loo", help="loo: leave-one-out by time (the paper's); random: "
-                                                              "the project's 80/10/10 split."),
+    items: Items = None,
+    split: SplitMethod = None,
     split_dir: SplitDir = None,
+    max_train_per_user: MaxTrainPerUser = None,
+    split_overlap: SplitOverlap = "error",
+    cold_users: ColdUsers = "exclude",
     k_prime: int = typer.Option(CandidateConfig().n_candidates, min=1, help="Length of the backbone's list the LLM "
                                                                             "re-ranks (k')."),
     pairs_per_user: int = typer.Option(Llama4RecConfig().pairs_per_user, min=0,
@@ -654,14 +669,16 @@ def llama4rec(
 ) -> None:
     """Llama4Rec's direct recommendation as the Prefect flow `llama4rec`: pairwise data augmentation of the
     backbone, the LLM re-ranking its top-k' list with prompt augmentation, adaptive aggregation, and the
-    ablations; HR@3/5 and NDCG@3/5, a report and instruction data for fine-tuning. Every stage is cached."""
+    ablations; HR@3/5 and NDCG@3/5, a report and instruction data for fine-tuning. Every stage is cached. The LLM
+    sees items by their text: every item needs a title (--items for a dataset without one)."""
     local = not base_url
     with expected(ValueError):
         config = Llama4RecRunConfig(
-            data=DataConfig(dataset=dataset, data_dir=data_dir),
-            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(method=split),
+            data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
+            split=split_config(split, split_dir, split_overlap, max_train_per_user, default="loo"),
             model=ModelConfig(name=backbone),
             train=TrainConfig(max_epochs=epochs, device=device),
+            eval=EvalConfig(cold_users=cold_users),
             candidates=CandidateConfig(n_candidates=k_prime),
             llm=RankingLLMConfig(model=model or (LOCAL_MODEL if local else LLMConfig().model), base_url=base_url,
                                  **({"rpm": None, "tpm": None} if local else {})),
@@ -672,8 +689,9 @@ def llama4rec(
         )
 
     from flows.llama4rec import Llama4RecFailed, run_llama4rec
+    from recsys.llm.client import LLMConfigError
 
-    with expected(*RUN_ERRORS, Llama4RecFailed, LLMServerError), contextlib.ExitStack() as stack:
+    with expected(*RUN_ERRORS, Llama4RecFailed, LLMServerError, LLMConfigError), contextlib.ExitStack() as stack:
         url = endpoint(stack, base_url or None, config.llm.model)
         config = config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": url})})
         result = run_llama4rec(config=config, store_root=str(store) if store else None, out_dir=str(out),
@@ -761,7 +779,11 @@ def llm4idrec(
     allow_unbounded_spend: AllowUnboundedSpend = False,
     dataset: Dataset = "ml-100k",
     data_dir: DataDir = None,
+    split: SplitMethod = None,
     split_dir: SplitDir = None,
+    max_train_per_user: MaxTrainPerUser = None,
+    split_overlap: SplitOverlap = "error",
+    cold_users: ColdUsers = "exclude",
     out: Path = typer.Option(Path("runs/llm4idrec"), help="Output folder: metrics.parquet, loss.parquet, "
                                                           "generation.json, report.md."),
     sample_users: int | None = typer.Option(None, min=1, help="Fine-tune and generate for a seeded sample of this "
@@ -786,8 +808,9 @@ def llm4idrec(
     with expected(ValueError):
         config = LLM4IDRecRunConfig(
             data=DataConfig(dataset=dataset, data_dir=data_dir),
-            split=SplitConfig(method="dir", split_dir=split_dir) if split_dir else SplitConfig(),
+            split=split_config(split, split_dir, split_overlap, max_train_per_user),
             train=TrainConfig(max_epochs=epochs, device=device),
+            eval=EvalConfig(cold_users=cold_users),
             llm4idrec=LLM4IDRecConfig(backend=backend, base_model=base_model, sample_users=sample_users,
                                       samples=samples, max_steps=steps, batch_size=batch_size,
                                       max_base_rank=max_base_rank, device=device),

@@ -36,7 +36,7 @@ from recsys.llm.pricing import require_budget
 from storage.atomic import write_json, write_parquet, write_text
 from storage.ledger import read_ledger, store_ledger_root
 from storage.store import ArtifactStore
-from tasks.augment import close_run
+from tasks.augment import close_run, require_item_text
 from tasks.common import bind, read_split
 from tasks.cost import Budget
 from tasks.data import load_data, split_data
@@ -166,6 +166,8 @@ def llama4rec_flow(config: Llama4RecRunConfig | None = None, store_root: str | N
     check_rate_limit(config.llm.prefect_rate_limit)  # before any work: a missing limit must not start the run
     root = str(store_root or default_store_dir())
     dataset = bind(load_data, root)(root, config.data)
+    # Before training and before any LLM call: a ranking prompt must show every item of a list by its text.
+    require_item_text(ArtifactStore(root), dataset, every_item=True)
     refs = {"dataset": dataset, "split": bind(split_data, root)(root, dataset, config.split)}
     budget = Budget(max_cost_usd, str(store_ledger_root(root)), str(flow_run.id))
     stages = LLMStages(root, config, budget, refs)

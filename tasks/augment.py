@@ -231,17 +231,24 @@ def sample_ids(ids: list[int], n: int | None, seed: int) -> list[int]:
                                                                       replace=False))
 
 
-def require_item_text(store: ArtifactStore, dataset_ref: str) -> None:
-    """Stop before the first LLM call when no item of the dataset has text: every prompt would show bare ids, and
-    every answer would be invented. A DataError says how many items lack text and how to pass them."""
+def require_item_text(store: ArtifactStore, dataset_ref: str, *, every_item: bool = False) -> None:
+    """Stop before the first LLM call when no item of the dataset has text (every prompt would show bare ids, and
+    every answer would be invented), or, with `every_item` (Llama4Rec's ranking, which shows every item of a
+    list), when any interacted item has none. A DataError says how many items lack text, one of them, and how to
+    pass text."""
     items = store.read_table(dataset_ref, "items")
-    missing = int(items["title"].map(sanitize).eq("").sum())
-    if missing == len(items):
+    if every_item:  # only interacted items reach a backbone's list
+        items = items[items["item_id"].isin(store.read_table(dataset_ref, "interactions")["item_id"])]
+    missing = items["title"].map(sanitize).eq("")
+    n = int(missing.sum())
+    if n and (every_item or n == len(items)):
         info = store.read_json(dataset_ref, "info")
-        raise DataError(f"{missing} of {len(items)} items of dataset {info['name']!r} have no text (no title), so the "
-                        "LLM would see item ids only; pass an item table with --items FILE (Parquet or CSV with "
-                        "item_id, title[, year, genres, description]) to `llmrec augment` or `llmrec run`, or put "
-                        "items.csv beside interactions.csv", path=info.get("source"))
+        why = ("the LLM ranks lists of items by their text, so each needs a title" if every_item and n < len(items)
+               else "the LLM would see item ids only")
+        raise DataError(f"{n} of {len(items)} items of dataset {info['name']!r} have no text (no title; e.g. item "
+                        f"{int(items.loc[missing, 'item_id'].iat[0])}), so {why}; pass an item table with --items "
+                        "FILE (Parquet or CSV with item_id, title[, year, genres, description]) to `llmrec augment`, "
+                        "`run` or `llama4rec`, or put items.csv beside interactions.csv", path=info.get("source"))
 
 
 @task(name="plan-batches")

@@ -34,11 +34,12 @@ from tasks.augment import batch_results, llm_cache_dir, stage_client, stage_outc
 
 
 def collect_pending(store_root: str, stage: str, ids: list[int], refs: Mapping[str, str], llm: LLMConfig,
-                    augment: AugmentConfig, jobs: list[str]) -> tuple[DeferredChat, int]:
+                    augment: AugmentConfig, jobs: list[str], api_key: str | None = None) -> tuple[DeferredChat, int]:
     """The stage's augmentors run over `ids` with no HTTP: the DeferredChat holding the pending requests, and how
-    many items were answered (from `jobs`' results or the response cache)."""
+    many items were answered (from `jobs`' results or the response cache). `api_key` goes to the client (default:
+    the environment's, recsys/llm/client.py `resolve_endpoint`)."""
     answers, errors = batch_results(jobs)
-    with stage_client(store_root, stage, llm) as client:
+    with stage_client(store_root, stage, llm, api_key=api_key) as client:
         asker = DeferredChat(client, answers, errors, http=False, rounds=0)
         outcomes = stage_outcomes(asker, ArtifactStore(store_root), stage, ids, refs, llm, augment,
                                   {"stage": stage, "batch": "plan"})

@@ -7,6 +7,7 @@ Prefect caches the run on the artifact's address (`ArtifactCache`), so a task bo
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,30 +63,65 @@ def table_digests(store: ArtifactStore, refs: list[str], table: str) -> list[lis
     return [[str(r), store.manifest(r)["artifacts"][table]["sha256"]] for r in refs if store.exists(r)]
 
 
+# The error each task run's key function raised, by task run id, until that run's body raises it (`stage_task`).
+_KEY_ERRORS: dict[Any, Exception] = {}
+_KEY_ERRORS_LOCK = threading.Lock()
+
+
 @dataclass
 class ArtifactCache(CachePolicy):
     """Keys a task run on the address of the artifact it writes (`ref_of(parameters)`), "<stage>-<key>". Only a run
     that succeeds persists its result (in the store: `bind`), so one that failed after writing (an augment batch
-    with failed items) runs again; a result cached for an artifact no longer in the store gives no key: a run."""
+    with failed items) runs again; a result cached for an artifact no longer in the store gives no key: a run.
+    When `ref_of` raises, Prefect logs it and runs the task body anyway: the body of a `stage_task` then raises
+    that same error instead of doing the work (a failed download is not tried a second time)."""
 
     ref_of: RefOf | None = None
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
         assert self.ref_of is not None
-        ref = self.ref_of(inputs)
+        try:
+            ref = self.ref_of(inputs)
+        except Exception as exc:
+            with _KEY_ERRORS_LOCK:
+                _KEY_ERRORS[task_ctx.task_run.id] = exc
+            raise
         key = f"{ref.stage}-{ref.key}"
         if not ArtifactStore(inputs["store_root"]).exists(ref) and task_ctx.result_store.exists(key):
             return None  # the run writes the artifact again, and the cached ref is then true again
         return key
 
 
+def _key_error() -> Exception | None:
+    """The error the current task run's key function raised, if any (taken: asked once per run)."""
+    ctx = TaskRunContext.get()
+    if ctx is None:
+        return None
+    with _KEY_ERRORS_LOCK:
+        return _KEY_ERRORS.pop(ctx.task_run.id, None)
+
+
 def stage_task(ref_of: str | RefOf, **options: Any) -> Callable[[Callable[..., str]], Any]:
     """`prefect.task` for a stage, cached on the artifact that `ref_of(parameters)` addresses (a stage name means
-    `stage_ref(name, parameters)`); `options` go to `prefect.task` (name, task_run_name, ...)."""
+    `stage_ref(name, parameters)`); `options` go to `prefect.task` (name, task_run_name, ...). A task run whose
+    `ref_of` raised fails with that error without running the body."""
     if isinstance(ref_of, str):
         ref_of = functools.partial(stage_ref, ref_of)
-    return task(cache_policy=ArtifactCache(ref_of=ref_of), result_serializer="json", persist_result=True, **options)
+    decorate = task(cache_policy=ArtifactCache(ref_of=ref_of), result_serializer="json", persist_result=True,
+                    **options)
+
+    def stage(fn: Callable[..., str]) -> Any:
+        @functools.wraps(fn)
+        def body(*args: Any, **kwargs: Any) -> str:
+            error = _key_error()
+            if error is not None:
+                raise error
+            return fn(*args, **kwargs)
+
+        return decorate(body)
+
+    return stage
 
 
 def bind(task: Task, store_root: str | Path) -> Task:

@@ -1,8 +1,8 @@
 """What an augmentation will cost, before anything is sent: every prompt of a stage built (as in batch mode's
 planning pass, with no HTTP call), its input tokens counted with the model's tokenizer, its output tokens
 expected from the ledger (the mean of this model's answers in this stage) or `max_tokens`, priced at the price
-table's normal and batch prices. Prompts already answered in the response cache cost nothing and are counted
-apart. Re-asks of invalid answers are not foreseen: they add to the real cost."""
+table's normal and batch prices; no API key is needed. Prompts already answered in the response cache cost nothing
+and are counted apart. Re-asks of invalid answers are not foreseen: they add to the real cost."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from recsys.config import AugmentConfig, LLMConfig
+from recsys.llm.client import LOCAL_PLACEHOLDER_KEY
 from recsys.llm.pricing import load_price_table
 from recsys.llm.tokens import count_message_tokens, model_encoding
 from storage.ledger import read_ledger
@@ -33,7 +34,8 @@ def estimate_stage(store_root: str, stage: str, ids: list[int], refs: Mapping[st
     """One stage's estimate: items, prompts built, prompts already answered (cached), input tokens and expected
     output tokens of the prompts to send, USD at normal and batch prices (None for an unpriced model), the
     tokenizer and where the output estimate comes from."""
-    asker, _ = collect_pending(store_root, stage, ids, refs, llm, augment, [])
+    # Nothing is sent, so no API key is needed: the client gets the placeholder, never the user's key.
+    asker, _ = collect_pending(store_root, stage, ids, refs, llm, augment, [], api_key=LOCAL_PLACEHOLDER_KEY)
     enc, tokenizer = model_encoding(llm.model)
     to_send = len(asker.pending)
     input_tokens = sum(count_message_tokens(body["messages"], enc) for body in asker.pending.values())

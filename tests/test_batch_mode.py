@@ -187,6 +187,27 @@ def test_estimate_sends_nothing_and_matches_what_is_sent(small_movielens: Path, 
     assert estimate["usd"] == pytest.approx(2 * estimate["usd_batch"])
 
 
+def test_estimate_needs_no_api_key(small_movielens: Path, store: str, tmp_path: Path, monkeypatch) -> None:
+    """OpenAI's API, no key and no base URL: `augment --estimate` and `run --estimate` price the prompts (they send
+    nothing); `augment` itself stops with one line before any work."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    data = ["--dataset", str(small_movielens), "--epochs", "2", "--model", "gpt-4o-mini"]
+    for command in (["augment", "--base-model", "mf", "--stages", "profiles"], ["run", "--device", "cpu"]):
+        cli = CliRunner().invoke(app, [*command, "--estimate", *data, "--store", store])
+        assert cli.exit_code == 0, cli.output
+        assert "gpt-4o-mini (nothing was sent)" in cli.output and "profiles" in cli.output
+        assert "not-needed" not in cli.output
+
+    fresh = tmp_path / "store"
+    cli = CliRunner().invoke(app, ["augment", "--base-model", "mf", "--stages", "profiles", "--max-cost-usd", "1",
+                                   *data, "--store", str(fresh)])
+    assert cli.exit_code == 2
+    (line,) = cli.stdout.strip().splitlines()
+    assert line.startswith("error: no API key: set $OPENAI_API_KEY") and "Traceback" not in cli.output
+    assert not fresh.exists()  # nothing loaded or trained
+
+
 def test_a_batch_refused_as_a_whole_fails_the_run(small_movielens: Path, sim: LLMServer, store: str,
                                                   tmp_path: Path) -> None:
     """A server without the form of response_format the batch lines carry refuses each line: the run fails

@@ -101,21 +101,31 @@ def test_valid_equal_to_test_is_refused_naming_both_files(cases, tmp_path):
     assert "the test split has no pairs" in line and str(split / "test.csv") in line
 
 
+def refused_without_item_text(tmp_path: Path, folder: Path, args: list[str], llm_server) -> list[int]:
+    """`llmrec ARGS` on the case's interactions alone: one line, exit code 2, no request. Returns the item ids."""
+    llm_server.reset()
+    res = llmrec(tmp_path, *args, "--out", str(tmp_path / "a"))
+    assert res.exit_code == 2, res.output
+    line = one_error_line(res.stdout)
+    assert "24 of 24 items" in line and "have no text" in line and "--items FILE" in line and str(folder) in line
+    assert llm_server.stats()["requests"] == 0
+    return sorted(int(i) for i in pd.read_csv(folder / "interactions.csv")["item_id"].unique())
+
+
+def titles(path: Path, ids: list[int]) -> Path:
+    """An item table at `path` with a title for each of `ids`."""
+    pd.DataFrame({"item_id": ids, "title": [f"Film {i} (1999)" for i in ids]}).to_csv(path, index=False)
+    return path
+
+
 def test_items_without_text_stop_before_the_first_llm_call(cases, tmp_path, llm_server):
     folder = cases / "items-without-text"
     args = ["augment", "--dataset", str(folder), "--base-url", llm_server.base_url, "--model", "llmrec-heuristic",
             "--stages", "attributes", "--rpm", "0", "--tpm", "0", "--base-model", "mf", "--epochs", "2"]
-    llm_server.reset()
-    res = llmrec(tmp_path, *args, "--out", str(tmp_path / "a"))
-    assert res.exit_code == 2
-    line = one_error_line(res.stdout)
-    assert "24 of 24 items" in line and "have no text" in line and "--items FILE" in line and str(folder) in line
-    assert llm_server.stats()["requests"] == 0
+    ids = refused_without_item_text(tmp_path, folder, args, llm_server)
 
     # An item table with titles for 20 of the 24 items: the 4 others go to augment_failures, never to the model.
-    ids = sorted(pd.read_csv(folder / "interactions.csv")["item_id"].unique())
-    table = tmp_path / "items.csv"
-    pd.DataFrame({"item_id": ids[:20], "title": [f"Film {i} (1999)" for i in ids[:20]]}).to_csv(table, index=False)
+    table = titles(tmp_path / "items.csv", ids[:20])
     res = llmrec(tmp_path, *args, "--items", str(table), "--out", str(tmp_path / "b"))
     assert res.exit_code == 0, res.output
     assert "not asked (no text, too few candidates): 4" in " ".join(res.stdout.split())
@@ -124,3 +134,23 @@ def test_items_without_text_stop_before_the_first_llm_call(cases, tmp_path, llm_
     assert failures["reason"].str.startswith("not asked: no item text").all() and (failures["asks"] == 0).all()
     attributes = pd.read_parquet(tmp_path / "b" / "item_attributes.parquet")
     assert set(attributes["item_id"]) == set(ids[:20])
+
+
+def test_items_without_text_stop_llama4rec_before_the_first_llm_call(cases, tmp_path, llm_server):
+    """Llama4Rec's ranking prompt shows every item of a list: no title for some items is refused as well as for
+    all; with a title for each, the run goes through."""
+    folder = cases / "items-without-text"
+    args = ["llama4rec", "--dataset", str(folder), "--base-url", llm_server.base_url, "--model", "llmrec-heuristic",
+            "--backbone", "mf", "--epochs", "2", "--device", "cpu", "--pairs-per-user", "1"]
+    ids = refused_without_item_text(tmp_path, folder, args, llm_server)
+
+    table = titles(tmp_path / "items.csv", ids[:20])
+    res = llmrec(tmp_path, *args, "--items", str(table), "--out", str(tmp_path / "b"))
+    assert res.exit_code == 2, res.output
+    line = one_error_line(res.stdout)
+    assert "4 of 24 items" in line and f"e.g. item {ids[20]}" in line and "--items FILE" in line
+    assert llm_server.stats()["requests"] == 0 and not (tmp_path / "b").exists()
+
+    res = llmrec(tmp_path, *args, "--items", str(titles(table, ids)), "--out", str(tmp_path / "c"))
+    assert res.exit_code == 0, res.output
+    assert llm_server.stats()["requests"] > 0 and (tmp_path / "c" / "report.md").is_file()

@@ -1,15 +1,21 @@
-"""ensure_movielens against a real local HTTP server serving a synthetic archive (never the internet)."""
+"""ensure_movielens against a real local HTTP server serving a synthetic archive (never the internet), alone and
+behind `llmrec base`."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import threading
 import zipfile
 
 import pytest
+from typer.testing import CliRunner
 
-from recsys.data.download import ChecksumError, DownloadError, ensure_movielens
+import flows.base  # noqa: F401  Prefect binds its console log to sys.stderr on import: before CliRunner swaps it
+import flows.cli as cli
+from recsys.config import DATA_DIR_ENV
+from recsys.data.download import ARCHIVES, ChecksumError, DownloadError, ensure_movielens
 from recsys.data.errors import DataError
 from recsys.data.movielens import load_ml100k
 
@@ -121,9 +127,27 @@ def test_default_checksums_reject_a_foreign_archive(server, tmp_path):
     assert list((tmp_path / "data").iterdir()) == []
 
 
-def test_http_error_leaves_nothing(server, tmp_path):
-    with pytest.raises(DownloadError, match="could not download .*missing.zip"):
+def test_http_error_leaves_nothing_and_says_how_to_use_a_local_copy(server, tmp_path):
+    with pytest.raises(DownloadError, match="could not download .*missing.zip") as exc:
         ensure_movielens("ml-100k", tmp_path / "data", url=server["url"].replace("ml-100k", "missing"), timeout=10)
+    assert list((tmp_path / "data").iterdir()) == []
+    message = str(exc.value)
+    assert "--data-dir FOLDER" in message and "$LLMREC_DATA_DIR=FOLDER" in message and DATA_DIR_ENV in message
+    assert "ml-100k/ folder (u.data, u.item, u.user, u.genre)" in message and str(tmp_path / "data") in message
+
+
+def test_a_failed_download_is_tried_once_and_is_one_line(server, tmp_path, monkeypatch):
+    """`llmrec base` whose download fails: one request (the dataset task's cache key fetches the archive; its
+    failure must not make the task body fetch it again), one error line naming --data-dir and the variable."""
+    missing = server["url"].replace("ml-100k.zip", "gone/ml-100k.zip")
+    monkeypatch.setitem(ARCHIVES, "ml-100k", dataclasses.replace(ARCHIVES["ml-100k"], url=missing))
+    res = CliRunner().invoke(cli.app, ["base", "--data-dir", str(tmp_path / "data"), "--store",
+                                       str(tmp_path / "store"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    (line,) = res.stdout.strip().splitlines()
+    assert line.startswith(f"error: could not download {missing}") and "Traceback" not in res.output
+    assert "--data-dir FOLDER" in line and "$LLMREC_DATA_DIR=FOLDER" in line
+    assert server["requests"] == ["/gone/ml-100k.zip"]
     assert list((tmp_path / "data").iterdir()) == []
 
 

@@ -20,6 +20,7 @@ from typing import Literal
 import pooch
 import requests
 
+from recsys.config import DATA_DIR_ENV
 from recsys.data.errors import DataError
 
 log = logging.getLogger("llmrec.data")
@@ -124,7 +125,7 @@ def ensure_movielens(
     An existing folder with the required files is used as is, without any request. Otherwise the archive is
     downloaded (`url`, default the GroupLens one), its md5 checked against `zip_md5` and the extracted files'
     sha256 against `sha256` (defaults: the published/pinned values; pass "" or {} to skip a check). On any
-    failure nothing is left in `data_dir`.
+    failure nothing is left in `data_dir`, and the DownloadError (ChecksumError) says how to point at a local copy.
     """
     if name not in ARCHIVES:
         raise DataError(f"unknown MovieLens dataset {name!r}; expected one of {', '.join(ARCHIVES)}")
@@ -138,7 +139,16 @@ def ensure_movielens(
             # Never delete or overwrite a user's folder: say what is wrong and let them decide.
             raise DataError(f"{name} folder is incomplete: it lacks {', '.join(missing)}; remove the folder to "
                             f"download the dataset again", path=target)
-    _fetch_into(name, target, url or spec.url, spec.zip_md5 if zip_md5 is None else zip_md5, spec,
-                spec.sha256 if sha256 is None else sha256, timeout)
+    try:
+        _fetch_into(name, target, url or spec.url, spec.zip_md5 if zip_md5 is None else zip_md5, spec,
+                    spec.sha256 if sha256 is None else sha256, timeout)
+    except DownloadError as exc:
+        raise type(exc)(f"{exc}; {local_copy_hint(name, spec, target.parent)}") from None
     return target
+
+
+def local_copy_hint(name: str, spec: ArchiveSpec, data_dir: Path) -> str:
+    """How to use a copy of the dataset already on disk instead of the download."""
+    return (f"to use a copy you have, put its {name}/ folder ({', '.join(spec.required)}) in a folder and pass "
+            f"--data-dir FOLDER or set ${DATA_DIR_ENV}=FOLDER (looked in {data_dir})")
 
