@@ -168,14 +168,14 @@ def generate_items(store_root: str, split_ref: str, data_ref: str, lora_ref: str
     model = load_adapter(model, store.read_tensors(lora_ref, "adapter"), config)
     prompts = [prompt_text(u, cut_history(u, histories[u], config.max_prompt_tokens)) for u in users]
     texts = generate(model, tokenizer, prompts, config)
-    write_generation(store, ref, params, split, ids, users, texts, config.seed)
+    write_generation(store, ref, params, split, ids, histories, users, texts, config.seed)
     return str(ref)
 
 
 def write_generation(store: ArtifactStore, ref: ArtifactRef, params: Mapping[str, Any], split, ids,
-                     users: list[int], texts: list[str], seed: int) -> None:
-    """Parse each user's generated text and write the generation artifact (see `generate_items`)."""
-    histories = training_histories(split.train)
+                     histories: dict[int, tuple[int, ...]], users: list[int], texts: list[str], seed: int) -> None:
+    """Parse each user's generated text against its training `histories` and write the generation artifact (see
+    `generate_items`)."""
     catalogue = set(int(i) for i in ids.item_ids)
     kept, drops, pieces = [], dict.fromkeys(DROP_REASONS, 0), 0
     for u, text in zip(users, texts, strict=True):
@@ -399,6 +399,6 @@ def collect_generation(store_root: str, split_ref: str, answer_refs: list[str], 
     answers = pd.concat([store.read_table(r, "rows") for r in answer_refs], ignore_index=True)
     answers = answers.sort_values("user_id", kind="stable")
     split, ids = read_split(store, split_ref)
-    write_generation(store, ref, params, split, ids, [int(u) for u in answers["user_id"]],
-                     [str(t) for t in answers["text"]], config.seed)
+    write_generation(store, ref, params, split, ids, training_histories(split.train),
+                     [int(u) for u in answers["user_id"]], [str(t) for t in answers["text"]], config.seed)
     return str(ref)
