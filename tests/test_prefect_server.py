@@ -11,8 +11,10 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import httpx
 import pandas as pd
 import pytest
 import yaml
+from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import DeploymentScheduleCreate
 from prefect.client.schemas.filters import (
@@ -36,6 +39,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.ops import OpsError, rerun
+from flows.subflows import call_subflow
 from llmsim.launch import LLMServer, start_llm_server
 from recsys.config import AugmentConfig, AugmentRunConfig, DataConfig, LLMConfig, ModelConfig, SplitConfig, TrainConfig
 from recsys.data.loading import load_dataset, make_split
@@ -355,3 +359,94 @@ def test_rate_limit_is_shared_across_processes(prefect_server: PrefectServer) ->
     # 12 slots from a bucket of 2 refilled at 2/s take at least (12 - 2) / 2 = 5 s; one process alone would need
     # only (6 - 2) / 2 = 2 s, so anything near 5 s means the processes shared the limit.
     assert stamps[-1] - stamps[0] >= 4.5, stamps
+
+
+class LosesOneAnswer(ThreadingHTTPServer):
+    """An HTTP proxy in front of the Prefect API that passes the first COMPLETED transition of a flow run to the
+    server and answers the client 503 instead of the server's answer: the client sends the transition again, as
+    after a timeout on a busy server, and the server rejects the duplicate."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream, self.lost = upstream, 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                answer = httpx.request(self.command, proxy.upstream + self.path, content=body, headers=headers,
+                                       timeout=30.0)
+                completed = (self.command == "POST" and re.fullmatch(r"/api/flow_runs/[^/]+/set_state", self.path)
+                             and b'"COMPLETED"' in body)
+                if completed and answer.status_code == 201 and proxy.lost == 0:
+                    proxy.lost += 1
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "content-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = forward
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@task
+def echo(value: dict[str, str]) -> dict[str, str]:
+    return dict(value)
+
+
+@flow
+def child() -> dict[str, str]:
+    return {"answer": "from the child"}
+
+
+@flow
+def parent() -> dict[str, str]:
+    return echo(call_subflow(child))
+
+
+def test_a_subflow_result_survives_a_lost_api_answer_and_links_no_task_input(prefect_server: PrefectServer) -> None:
+    """Through the proxy, the subflow's COMPLETED transition is accepted, its answer lost and the resent one
+    rejected: the caller still gets the subflow's result. Straight to the server (the proxy carries no websocket,
+    so no task-run events), the task run taking that result has a plain input: the default UI lists it."""
+    proxy = LosesOneAnswer(prefect_server.url)
+    serving = threading.Thread(target=proxy.serve_forever, daemon=True)
+    serving.start()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{proxy.server_port}/api"}):
+            lossy = parent(return_state=True)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert proxy.lost == 1
+    assert lossy.is_completed() and lossy.result() == {"answer": "from the child"}
+
+    with prefect_server.api():
+        direct = parent(return_state=True)
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(direct.state_details.flow_run_id)
+    assert direct.result() == {"answer": "from the child"}
+    wait_for_task_run(prefect_server, run, "echo")
+    assert flow_run_inputs(prefect_server, run) == []
+
+
+def wait_for_task_run(server: PrefectServer, run: FlowRun, prefix: str, timeout_s: float = 30.0) -> None:
+    """Task runs reach the server as events, after the flow run ends: wait until one named `prefix-*` is there."""
+    deadline = time.monotonic() + timeout_s
+    with server.api(), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            if any(t.name.startswith(f"{prefix}-") for t in runs):
+                return
+            time.sleep(0.5)
+    raise AssertionError(f"no task run {prefix}-* of flow run {run.id} after {timeout_s:.0f} s")
