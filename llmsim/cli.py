@@ -5,27 +5,24 @@ LLMREC_SERVER_ERROR_RATE=0.1); a flag wins over the environment."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from enum import Enum, StrEnum
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import typer
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from llmsim.faults import ENV_PREFIX, FaultConfig
 
 LISTENING = "llmrec-llm-server listening on"  # the startup line: LISTENING http://HOST:PORT
-
-
-class StructuredOutputs(StrEnum):
-    json_schema = "json_schema"
-    json_object_schema = "json_object_schema"
-    json_object = "json_object"
-    none = "none"
 
 
 class LogLevel(StrEnum):
@@ -36,48 +33,55 @@ class LogLevel(StrEnum):
     debug = "debug"
 
 
-def _fault(name: str, *, env: bool = True) -> Any:
-    """The option of one FaultConfig field: `--error-rate`, env LLMREC_SERVER_ERROR_RATE (with `env`), the field's
-    description."""
-    return typer.Option(None, f"--{name.replace('_', '-')}", envvar=ENV_PREFIX + name.upper() if env else None,
-                        show_default=False, help=FaultConfig.model_fields[name].description)
+def _option_type(name: str, field: FieldInfo) -> Any:
+    """The command-line type of FaultConfig field `name`: its type without None; a Literal becomes a choice
+    (a StrEnum of its values)."""
+    base = field.annotation
+    if get_origin(base) in (Union, UnionType):  # `X | None`
+        base = next(a for a in get_args(base) if a is not type(None))
+    if get_origin(base) is Literal:
+        return StrEnum(name.title().replace("_", ""), {str(v): str(v) for v in get_args(base)})
+    return base
 
 
+def fault_options(*, env: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command taking `**faults` one option per FaultConfig field (`--error-rate`, help from the field's
+    description, None when not given), read from LLMREC_SERVER_<NAME> too with `env`. Every fault the server has is
+    thus a flag of `llmrec llm-server` and of `llmrec llm-faults`."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        options = [inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[_option_type(name, field)],  # noqa: UP045 (typer)
+            default=typer.Option(None, f"--{name.replace('_', '-')}", show_default=False, help=field.description,
+                                 envvar=ENV_PREFIX + name.upper() if env else None))
+            for name, field in FaultConfig.model_fields.items()]
+        command.__signature__ = signature.replace(parameters=[*own, *options])  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
+@fault_options(env=True)
 def serve_command(
     host: str = typer.Option("127.0.0.1", envvar=ENV_PREFIX + "HOST", help="Address to listen on."),
     port: int = typer.Option(8000, envvar=ENV_PREFIX + "PORT", help="0 picks a free port (printed in the startup "
                                                                     "line)."),
-    rpm_limit: int | None = _fault("rpm_limit"),
-    tpm_limit: int | None = _fault("tpm_limit"),
-    error_rate: float | None = _fault("error_rate"),
-    latency_ms: float | None = _fault("latency_ms"),
-    hang_rate: float | None = _fault("hang_rate"),
-    hang_s: float | None = _fault("hang_s"),
-    malformed_rate: float | None = _fault("malformed_rate"),
-    out_of_candidates_rate: float | None = _fault("out_of_candidates_rate"),
-    drop_rate: float | None = _fault("drop_rate"),
-    fail_match: str | None = _fault("fail_match"),
-    retry_after: str | None = _fault("retry_after"),
-    first_listed_rate: float | None = _fault("first_listed_rate"),
-    wrapped_rate: float | None = _fault("wrapped_rate"),
-    structured_outputs: StructuredOutputs | None = _fault("structured_outputs"),
-    batch_duration_s: float | None = _fault("batch_duration_s"),
-    batch_error_rate: float | None = _fault("batch_error_rate"),
-    batch_expire_after: float | None = _fault("batch_expire_after"),
-    seed: int | None = _fault("seed"),
     preload: bool = typer.Option(False, help="Load the embedding model in the background at startup (default: on "
                                              "first use)."),
     parent_pid: int | None = typer.Option(None, help="Exit when the process with this id ends (test harnesses: no "
                                                      "orphaned servers)."),
     log_level: LogLevel = typer.Option(LogLevel.warning, help="uvicorn's log level."),
+    **faults: Any,
 ) -> None:
     """Serve the local OpenAI-compatible endpoint (NOT a language model: transparent heuristics for offline runs
     and tests), with the fault flags below switched on."""
-    faults = _fault_config(locals())
+    config = _fault_config(faults)
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
     try:
-        serve(host, port, faults, preload=preload, log_level=log_level.value)
+        serve(host, port, config, preload=preload, log_level=log_level.value)
     except OSError as exc:  # e.g. address already in use
         typer.echo(f"llmrec-llm-server: cannot listen on {host}:{port}: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -146,26 +150,18 @@ def serve(host: str = "127.0.0.1", port: int = 8000, faults: FaultConfig | None 
         uvicorn.Server(config).run(sockets=[sock])
 
 
+@fault_options(env=False)
 def faults_command(
     url: str = typer.Option("http://127.0.0.1:8000", envvar="OPENAI_BASE_URL", help="The running local server: "
                             "its /v1 address (as in OPENAI_BASE_URL) or its root."),
     clear: bool = typer.Option(False, "--clear", help="Switch every fault off."),
-    rpm_limit: int | None = _fault("rpm_limit", env=False),
-    error_rate: float | None = _fault("error_rate", env=False),
-    latency_ms: float | None = _fault("latency_ms", env=False),
-    hang_rate: float | None = _fault("hang_rate", env=False),
-    hang_s: float | None = _fault("hang_s", env=False),
-    malformed_rate: float | None = _fault("malformed_rate", env=False),
-    out_of_candidates_rate: float | None = _fault("out_of_candidates_rate", env=False),
-    drop_rate: float | None = _fault("drop_rate", env=False),
-    fail_match: str | None = _fault("fail_match", env=False),
-    seed: int | None = _fault("seed", env=False),
+    **faults: Any,
 ) -> None:
     """Show the fault settings of a running local server, switch them all off (--clear), or replace them with the
     fault flags given (those not given go back to off). Its request counters are not touched."""
     import httpx
 
-    given = _fault_config(locals()).model_dump(exclude_unset=True)
+    given = _fault_config(faults).model_dump(exclude_unset=True)
     if clear and given:
         raise typer.BadParameter("--clear switches every fault off: give it alone, or give only the faults to keep")
     root = url.rstrip("/").removesuffix("/v1")

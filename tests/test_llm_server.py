@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from llmsim import heuristics as h
+from llmsim.faults import FaultConfig
 from recsys.llm.cache import prompt_hash
 from recsys.llm.tokens import count_message_tokens, count_tokens
 
@@ -357,8 +358,23 @@ def test_llm_faults_command_shows_sets_and_clears(llm_server_factory: Callable[.
         assert server.stats()["chat_ok"] == 1  # counters untouched
         both = runner.invoke(app, ["llm-faults", "--url", server.root_url, "--clear", "--error-rate", "0.1"])
         assert both.exit_code == 2 and "give it alone" in " ".join(both.output.split())
+        batch = runner.invoke(app, ["llm-faults", "--url", server.root_url, "--structured-outputs", "json_object",
+                                    "--batch-duration-s", "0.3", "--fine-tune-fail"])
+        assert batch.exit_code == 0, batch.output
+        settings = httpx.get(f"{server.root_url}/admin/faults").json()
+        assert (settings["structured_outputs"], settings["batch_duration_s"], settings["fine_tune_fail"]) == (
+            "json_object", 0.3, True)
     gone = runner.invoke(app, ["llm-faults", "--url", server.root_url])
     assert gone.exit_code == 2 and "no local LLM server answers at" in gone.output
+
+
+@pytest.mark.parametrize("command", ["llm-server", "llm-faults"])
+def test_every_server_fault_is_a_flag(command: str) -> None:
+    """Each FaultConfig field is an option of both commands, so a rehearsal can set, and restore, any fault."""
+    shown = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0
+    missing = [name for name in FaultConfig.model_fields if f"--{name.replace('_', '-')} " not in shown.output]
+    assert not missing
 
 
 # --- heuristics without HTTP -----------------------------------------------------------------------------------------
