@@ -92,7 +92,8 @@ def options(debug: bool = typer.Option(False, "--debug", help="Show the tracebac
 BaseModel = Annotated[Literal["mf", "lightgcn"], typer.Option(help="Base recommender (it proposes the candidates).")]
 Dataset = Annotated[str, typer.Option(help="ml-100k, ml-1m, or a path to your interactions (file or folder).")]
 DataDir = Annotated[Path | None, typer.Option(envvar=DATA_DIR_ENV, help="Where MovieLens lives or is downloaded.")]
-SplitDir = Annotated[Path | None, typer.Option(help="Use this split: train/valid/test Parquet or CSV.")]
+SplitDir = Annotated[Path | None, typer.Option(help="Use this split: train/valid/test Parquet or CSV, of the "
+                                                    "--dataset's users and items.")]
 Epochs = Annotated[int, typer.Option(help="Maximum epochs; early stopping on valid usually ends sooner.")]
 Device = Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="auto: CUDA when present, else CPU.")]
 MaxCostUSD = Annotated[float | None, typer.Option(help="LLM budget: stop before spending more than this.")]
@@ -198,13 +199,15 @@ def expected(*errors: type[Exception]) -> Iterator[None]:
             handler.removeFilter(quiet)
 
 
-def split_config(method: str | None, split_dir: Path | None, overlap: str, max_train_per_user: int | None = None,
-                 seed: int = 2020, default: str = "random") -> SplitConfig:
+def split_config(dataset: str, method: str | None, split_dir: Path | None, overlap: str,
+                 max_train_per_user: int | None = None, seed: int = 2020, default: str = "random") -> SplitConfig:
     """The split the --split / --split-dir / --split-overlap / --max-train-per-user options ask for; `default` is
-    the method without --split and --split-dir."""
+    the method without --split and --split-dir. A --split-dir is read against `dataset` (its catalogue and ids),
+    which is said in one line: --dataset defaults to ml-100k."""
     if split_dir is not None:
         if method is not None:
             raise _fail("--split and --split-dir exclude each other: --split-dir is a split already made")
+        console.print(f"split from {split_dir}; its users and items are those of dataset {dataset} (--dataset)")
         return SplitConfig(method="dir", split_dir=split_dir, overlap=overlap, max_train_per_user=max_train_per_user)
     return SplitConfig(method=method or default, seed=seed, overlap=overlap, max_train_per_user=max_train_per_user)
 
@@ -309,7 +312,7 @@ def base(
     with expected(ValueError):
         config = BaseRunConfig(
             data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
-            split=split_config(split, split_dir, split_overlap, max_train_per_user, split_seed),
+            split=split_config(dataset, split, split_dir, split_overlap, max_train_per_user, split_seed),
             model=ModelConfig(name=model),
             train=TrainConfig(max_epochs=epochs, seed=seed, device=device),
             eval=EvalConfig(cold_users=cold_users),
@@ -370,7 +373,7 @@ def augment(
     with expected(ValueError):
         config = AugmentRunConfig(
             data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
-            split=split_config(split, split_dir, split_overlap),
+            split=split_config(dataset, split, split_dir, split_overlap),
             model=ModelConfig(name=base_model),
             train=TrainConfig(max_epochs=epochs),
             eval=EvalConfig(cold_users=cold_users),
@@ -536,7 +539,7 @@ def run(
         else:
             config = RunConfig(
                 data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
-                split=split_config(split, split_dir, split_overlap, max_train_per_user),
+                split=split_config(dataset, split, split_dir, split_overlap, max_train_per_user),
                 train=TrainConfig(max_epochs=epochs, device=device),
                 eval=EvalConfig(cold_users=cold_users),
                 # The local server started below enforces no rate limit, so the client's own limits are lifted
@@ -675,7 +678,7 @@ def llama4rec(
     with expected(ValueError):
         config = Llama4RecRunConfig(
             data=DataConfig(dataset=dataset, data_dir=data_dir, items_path=items),
-            split=split_config(split, split_dir, split_overlap, max_train_per_user, default="loo"),
+            split=split_config(dataset, split, split_dir, split_overlap, max_train_per_user, default="loo"),
             model=ModelConfig(name=backbone),
             train=TrainConfig(max_epochs=epochs, device=device),
             eval=EvalConfig(cold_users=cold_users),
@@ -808,7 +811,7 @@ def llm4idrec(
     with expected(ValueError):
         config = LLM4IDRecRunConfig(
             data=DataConfig(dataset=dataset, data_dir=data_dir),
-            split=split_config(split, split_dir, split_overlap, max_train_per_user),
+            split=split_config(dataset, split, split_dir, split_overlap, max_train_per_user),
             train=TrainConfig(max_epochs=epochs, device=device),
             eval=EvalConfig(cold_users=cold_users),
             llm4idrec=LLM4IDRecConfig(backend=backend, base_model=base_model, sample_users=sample_users,
