@@ -177,7 +177,8 @@ class _DropExpectedTracebacks(logging.Filter):
 @contextmanager
 def expected(*errors: type[Exception]) -> Iterator[None]:
     """Turn these errors (and Prefect's unreachable-API errors) into one line on the console and exit code 2, with
-    their tracebacks left out of Prefect's console log; with --debug they are raised as they are."""
+    their tracebacks left out of Prefect's console log; with --debug they are raised as they are. Name here too the
+    errors a task run fails with whose summary the flow raises (`BatchFailed`): their tracebacks are left out."""
     if debug_mode["on"]:
         yield
         return
@@ -392,13 +393,14 @@ def augment(
 
     from flows.augment import AugmentFailed, estimate_flow, run_augment
     from recsys.llm.client import LLMConfigError
+    from tasks.augment import BatchFailed
     from tasks.ratelimit import RateLimitUnusable
 
     if estimate:
         with expected(*RUN_ERRORS, LLMConfigError):
             print_estimate(estimate_flow(config=config, store_root=str(store) if store else None), config.llm.model)
         return
-    with expected(*RUN_ERRORS, AugmentFailed, RateLimitUnusable, LLMConfigError):
+    with expected(*RUN_ERRORS, AugmentFailed, BatchFailed, RateLimitUnusable, LLMConfigError):
         result = run_augment(config=config, store_root=str(store) if store else None, out_dir=str(out),
                              max_cost_usd=max_cost_usd, allow_unbounded_spend=allow_unbounded_spend)
     print_positions(result["positions"])
@@ -561,6 +563,7 @@ def run(
     from flows.augment import AugmentFailed, estimate_flow
     from recsys.llm.client import LLMConfigError
     from recsys.tune.study import TuningFailed
+    from tasks.augment import BatchFailed
 
     if estimate:
         with expected(*RUN_ERRORS, LLMConfigError):
@@ -568,7 +571,7 @@ def run(
                            config.llm.model)
         return
 
-    with expected(*RUN_ERRORS, AugmentFailed, LLMServerError, TuningFailed, LLMConfigError):
+    with expected(*RUN_ERRORS, AugmentFailed, BatchFailed, LLMServerError, TuningFailed, LLMConfigError):
         result = run_pipeline(config, base_url or None, names, store, out, tune, max_cost_usd=max_cost_usd,
                               allow_unbounded_spend=allow_unbounded_spend)
     console.print(result["report"], markup=False, highlight=False)
@@ -693,8 +696,10 @@ def llama4rec(
 
     from flows.llama4rec import Llama4RecFailed, run_llama4rec
     from recsys.llm.client import LLMConfigError
+    from tasks.augment import BatchFailed
 
-    with expected(*RUN_ERRORS, Llama4RecFailed, LLMServerError, LLMConfigError), contextlib.ExitStack() as stack:
+    with (expected(*RUN_ERRORS, Llama4RecFailed, BatchFailed, LLMServerError, LLMConfigError),
+          contextlib.ExitStack() as stack):
         url = endpoint(stack, base_url or None, config.llm.model)
         config = config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": url})})
         result = run_llama4rec(config=config, store_root=str(store) if store else None, out_dir=str(out),
@@ -829,9 +834,11 @@ def llm4idrec(
     from recsys.llm.batch import BatchAPIError
     from recsys.llm.client import LLMError
     from recsys.llm4idrec.hosted import FineTuneFailed
+    from tasks.augment import BatchFailed
     from tasks.llm4idrec import BudgetExceeded
 
-    with expected(*RUN_ERRORS, LLM4IDRecFailed, BudgetExceeded, FineTuneFailed, BatchAPIError, LLMError):
+    with expected(*RUN_ERRORS, LLM4IDRecFailed, BatchFailed, BudgetExceeded, FineTuneFailed, BatchAPIError,
+                  LLMError):
         result = llm4idrec_flow(config=config, store_root=str(store) if store else None, out_dir=str(out),
                                 max_cost_usd=max_cost_usd, allow_unbounded_spend=allow_unbounded_spend)
     cost = "" if result.get("cost_usd") is None else f" (this run spent ${result['cost_usd']:.6f})"

@@ -11,6 +11,7 @@ import time
 import pandas as pd
 import pytest
 
+from llmsim.launch import start_llm_server
 from tests.conftest import REPO, SMALL_USERS
 
 
@@ -48,3 +49,21 @@ def test_cli_server_and_augment(small_movielens, tmp_path):
     written = [p for p in [*out.rglob("*"), *(tmp_path / "store").rglob("*")] if p.is_file()]
     assert not [p for p in written if b"sk-cli-test-secret" in p.read_bytes()]
     assert "sk-cli-test-secret" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_failed_batches_end_in_one_line_without_a_traceback(small_movielens, tmp_path):
+    """A batch-mode run whose every line the server refuses: the failed batches' task runs and the flow run fail,
+    and the command says so in one `error:` line with exit code 2; no traceback reaches the console."""
+    with start_llm_server(structured_outputs="json_object", batch_duration_s=0.2) as server:
+        env = {**os.environ, "LLMREC_STORE": str(tmp_path / "store"), "OPENAI_API_KEY": "sk-local"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "augment", "--base-url", server.base_url, "--mode", "batch",
+             "--model", "llmrec-heuristic", "--stages", "profiles", "--dataset", str(small_movielens),
+             "--base-model", "mf", "--epochs", "2", "--rpm", "0", "--tpm", "0", "--out", str(tmp_path / "out")],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "items failed" in errors[0], output[-3000:]
