@@ -61,6 +61,7 @@ RUN_ERRORS: tuple[type[Exception], ...] = (DataError, FileNotFoundError, Floatin
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="LLM-augmented graph recommendation.")
 console = Console()
+notices = Console(stderr=True)  # notes on a run's inputs; stdout keeps an expected error to one line
 
 # Prefect settings for the command line, each unless the environment sets it, applied before Prefect is imported
 # (it reads its settings then). A flow run without PREFECT_API_URL starts a temporary API server first and gives
@@ -204,11 +205,11 @@ def split_config(dataset: str, method: str | None, split_dir: Path | None, overl
                  max_train_per_user: int | None = None, seed: int = 2020, default: str = "random") -> SplitConfig:
     """The split the --split / --split-dir / --split-overlap / --max-train-per-user options ask for; `default` is
     the method without --split and --split-dir. A --split-dir is read against `dataset` (its catalogue and ids),
-    which is said in one line: --dataset defaults to ml-100k."""
+    which is said in one line on stderr: --dataset defaults to ml-100k."""
     if split_dir is not None:
         if method is not None:
             raise _fail("--split and --split-dir exclude each other: --split-dir is a split already made")
-        console.print(f"split from {split_dir}; its users and items are those of dataset {dataset} (--dataset)")
+        notices.print(f"split from {split_dir}; its users and items are those of dataset {dataset} (--dataset)")
         return SplitConfig(method="dir", split_dir=split_dir, overlap=overlap, max_train_per_user=max_train_per_user)
     return SplitConfig(method=method or default, seed=seed, overlap=overlap, max_train_per_user=max_train_per_user)
 
@@ -234,9 +235,10 @@ def augment_fields(mode: str, batch_followup: str, sample_users: int | None, sam
                                               attributes=max_prompt_tokens)}
 
 
-def print_estimate(rows: list[dict[str, Any]], model: str) -> None:
-    """The `--estimate` table: per stage and in total, prompts, tokens and USD at normal and batch prices."""
-    table = Table(title=f"Estimated cost of the augmentation on {escape(model)} (nothing was sent)")
+def print_estimate(rows: list[dict[str, Any]], model: str, what: str = "the augmentation", note: str = "") -> None:
+    """The `--estimate` table: per stage and in total, prompts, tokens and USD at normal and batch prices; `note`
+    ends the line under it (what the estimate assumes)."""
+    table = Table(title=f"Estimated cost of {what} on {escape(model)} (nothing was sent)")
     headers = ("stage", "items", "prompts", "cached", "input tokens", "output tokens", "USD", "USD batch")
     for i, name in enumerate(headers):
         table.add_column(name, justify="left" if i == 0 else "right")
@@ -255,7 +257,8 @@ def print_estimate(rows: list[dict[str, Any]], model: str) -> None:
     if rows:
         console.print(f"tokenizer: {rows[0]['tokenizer']}; output tokens per prompt: "
                       + ", ".join(f"{r['stage']} {r['output_source']}" for r in rows)
-                      + "; cached prompts cost nothing; re-asks of invalid answers are not included", highlight=False)
+                      + "; cached prompts cost nothing; re-asks of invalid answers are not included" + note,
+                      highlight=False)
 
 
 def print_positions(positions: Any) -> None:
@@ -672,6 +675,7 @@ def llama4rec(
     store: Store = None,
     runner: Runner = "threads",
     dask_address: DaskAddress = None,
+    estimate: Estimate = False,
 ) -> None:
     """Llama4Rec's direct recommendation as the Prefect flow `llama4rec`: pairwise data augmentation of the
     backbone, the LLM re-ranking its top-k' list with prompt augmentation, adaptive aggregation, and the
@@ -694,9 +698,18 @@ def llama4rec(
             runner=runner_config(runner, dask_address),
         )
 
-    from flows.llama4rec import Llama4RecFailed, run_llama4rec
+    from flows.llama4rec import Llama4RecFailed, llama4rec_estimate_flow, run_llama4rec
     from recsys.llm.client import LLMConfigError
     from tasks.augment import BatchFailed
+
+    if estimate:  # builds every prompt; starts no server, needs no API key, sends nothing
+        with expected(*RUN_ERRORS, LLMConfigError):
+            rows = llama4rec_estimate_flow(config=config, store_root=str(store) if store else None)
+        print_estimate(rows, config.llm.model, "Llama4Rec's LLM stages",
+                       f"; ranking: the lists of seed {config.seeds[0]}'s {config.model.name} on D stand in for "
+                       "every seed and for the backbone on D', and a list met twice comes from the cache, so this "
+                       "is usually above what is sent")
+        return
 
     with (expected(*RUN_ERRORS, Llama4RecFailed, BatchFailed, LLMServerError, LLMConfigError),
           contextlib.ExitStack() as stack):

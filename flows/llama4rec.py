@@ -16,6 +16,7 @@ config.json and, written last, report.md.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from tasks.data import load_data, split_data
 from tasks.llama4rec import (
     PARTS,
     backbone_lists,
+    estimate_llm_stage,
     evaluate_rerank,
     export_instructions,
     llm_batch,
@@ -220,6 +222,42 @@ def report(config: Llama4RecRunConfig, root: str, result: dict[str, Any], out_di
                                          "store": str(store.root), "instructions": n})
         write_text(out / "report.md", text)
     return {"metrics": frame, "selection": selection, "report": text}
+
+
+@flow(name="llama4rec-estimate", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def llama4rec_estimate_flow(config: Llama4RecRunConfig | None = None,
+                            store_root: str | None = None) -> list[dict[str, Any]]:
+    """What `llama4rec_flow` with `config` would cost, per LLM stage, without any LLM request or API key
+    (tasks/estimate.py): the pairwise prompts ([L4R] §4.2) exactly; the ranking prompts (§4.3) of the first seed's
+    backbone trained on D (trained when not in the store) on its valid and test lists, standing in for every seed
+    and for the backbone on D' too, whose lists exist only after the LLM's answers. A list the run meets twice is
+    answered from the response cache, so the ranking rows are usually above what is sent. Rows: "pairwise", then
+    "ranking, <prompt> prompt" per prompt form."""
+    config = config or Llama4RecRunConfig()
+    root = str(store_root or default_store_dir())
+    ledger_root = str(store_ledger_root(root))
+    dataset = bind(load_data, root)(root, config.data)
+    require_item_text(ArtifactStore(root), dataset, every_item=True)
+    refs = {"dataset": dataset, "split": bind(split_data, root)(root, dataset, config.split)}
+    l4r = config.llama4rec
+    shared = {"dataset_ref": refs["dataset"], "split_ref": refs["split"], "llm": config.llm,
+              "max_history": l4r.max_history, "ledger_root": ledger_root}
+    pairs = bind(sample_item_pairs, root)(root, refs["split"], l4r.pairs_per_user, l4r.pair_seed)
+    pair_users = _users(ArtifactStore(root).read_table(pairs, "pairs"))
+    rows = [estimate_llm_stage(root, "pairwise", {None: pair_users}, source_ref=pairs, **shared)]
+
+    train = config.train.model_copy(update={"seed": config.seeds[0]})
+    trained = bind(train_model, root)(root, refs["split"], config.model, train, config.eval)
+    lists = bind(backbone_lists, root)(root, refs["split"], trained, config.model, config.candidates.n_candidates,
+                                       train.device)
+    split, _ = read_split(ArtifactStore(root), refs["split"])
+    users: dict[str | None, list[int]] = {"valid": _users(split.valid), "test": _users(split.test)}
+    backbones_per_prompt = Counter(prompt for _, prompt in rankings_needed())
+    for prompt, backbones in backbones_per_prompt.items():
+        rows.append(estimate_llm_stage(root, "ranking", users, source_ref=lists, prompt=prompt,
+                                       copies=backbones * len(config.seeds), label=f"ranking, {prompt} prompt",
+                                       **shared))
+    return rows
 
 
 def run_llama4rec(config: Llama4RecRunConfig | None = None, store_root: str | None = None,

@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from recsys.config import AugmentConfig, LLMConfig
+from recsys.llm.batch import DeferredChat
 from recsys.llm.client import LOCAL_PLACEHOLDER_KEY
 from recsys.llm.pricing import load_price_table
 from recsys.llm.tokens import count_message_tokens, model_encoding
@@ -36,14 +37,25 @@ def estimate_stage(store_root: str, stage: str, ids: list[int], refs: Mapping[st
     tokenizer and where the output estimate comes from."""
     # Nothing is sent, so no API key is needed: the client gets the placeholder, never the user's key.
     asker, _ = collect_pending(store_root, stage, ids, refs, llm, augment, [], api_key=LOCAL_PLACEHOLDER_KEY)
+    return price_prompts(stage, len(ids), asker, llm, ledger_root)
+
+
+def price_prompts(stage: str, items: int, asker: DeferredChat, llm: LLMConfig, ledger_root: str, *,
+                  copies: int = 1, label: str | None = None) -> dict[str, Any]:
+    """The estimate row of the questions `asker` saw with no HTTP call (recsys/llm/batch.py `DeferredChat`): its
+    pending prompts are sent, its cached ones cost nothing. With `copies` > 1 the built prompts also stand for
+    `copies - 1` more sets of the same size, all to be sent (Llama4Rec's rankings of lists that exist only after
+    training on the LLM's answers); `label` names the row (default: `stage`, which keys the ledger's output mean)."""
     enc, tokenizer = model_encoding(llm.model)
-    to_send = len(asker.pending)
-    input_tokens = sum(count_message_tokens(body["messages"], enc) for body in asker.pending.values())
+    pending = sum(count_message_tokens(body["messages"], enc) for body in asker.pending.values())
+    built = sum(count_message_tokens(messages, enc) for messages in asker.built.values()) if copies > 1 else 0
+    to_send = len(asker.pending) + len(asker.built) * (copies - 1)
+    input_tokens = pending + built * (copies - 1)
     observed = observed_output_tokens(ledger_root, llm.model, stage)
     per_answer = observed if observed is not None else float(llm.max_tokens)
     output_tokens = round(per_answer * to_send)
     price = load_price_table(llm.price_table).price(llm.model)
-    return {"stage": stage, "items": len(ids), "prompts": to_send + asker.hits, "cached": asker.hits,
+    return {"stage": label or stage, "items": items * copies, "prompts": to_send + asker.hits, "cached": asker.hits,
             "input_tokens": input_tokens, "output_tokens": output_tokens,
             "usd": None if price is None else price.cost(input_tokens, output_tokens),
             "usd_batch": None if price is None else price.cost(input_tokens, output_tokens, batch=True),

@@ -12,9 +12,12 @@ from typing import Any
 
 import pandas as pd
 import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from recsys.augment.pairwise import PAIRWISE_VERSION, augment_pairwise, pairwise_frame
 from recsys.augment.ranking import RANKING_VERSION, rank_users, rankings_frame
+from recsys.augment.runner import ItemOutcome
 from recsys.candidates import top_candidates
 from recsys.config import EvalConfig, Llama4RecConfig, LLMConfig, ModelConfig, TrainConfig
 from recsys.data.dataset import DenseSplit
@@ -33,12 +36,15 @@ from recsys.llama4rec.instructions import instruction_table
 from recsys.llama4rec.pairs import sample_pairs
 from recsys.llama4rec.similar import most_similar_users
 from recsys.llama4rec.variants import VARIANTS
+from recsys.llm.batch import DeferredChat
+from recsys.llm.client import LOCAL_PLACEHOLDER_KEY, LLMClient
 from recsys.models.factory import build_model
 from storage.keys import content_key
 from storage.store import ArtifactRef, ArtifactStore
-from tasks.augment import batch_client, write_batch
+from tasks.augment import batch_client, llm_cache_dir, write_batch
 from tasks.candidates import candidates_frame
 from tasks.common import read_dense_split, read_split, stage_ref, stage_task, table_digests
+from tasks.estimate import price_prompts
 from tasks.llmrec import read_edges
 from tasks.train import fit_and_store, load_trained
 
@@ -82,6 +88,47 @@ def llm_batch_ref(params: Mapping[str, Any]) -> ArtifactRef:
     return ArtifactRef(stage, content_key(stage, BATCH_VERSION, keyed))
 
 
+def ask_stage(client: Any, store: ArtifactStore, stage: str, ids: list[int], dataset_ref: str, split_ref: str,
+              source_ref: str, llm: LLMConfig, max_history: int | None, prompt: str | None, split: str | None,
+              tags: dict[str, str]) -> tuple[pd.DataFrame, list[ItemOutcome]]:
+    """Ask `client` (an LLMClient, or a DeferredChat that only records) the pairwise prompt of `ids` ("pairwise",
+    `source_ref` the pairs) or the ranking prompt ("ranking", `source_ref` a backbone's lists, `prompt` "plain" or
+    "augmented", `split` the list to rank); returns the validated rows and every item's outcome."""
+    train = _train_in_time_order(store, dataset_ref, split_ref)
+    items = store.read_table(dataset_ref, "items")
+    common = {"max_reasks": llm.max_reasks, "max_workers": llm.max_in_flight, "tags": tags}
+    if stage == "pairwise":
+        pairs = store.read_table(source_ref, "pairs")
+        outcomes = augment_pairwise(client, pair_contexts(train, items, pairs, ids, max_history), **common)
+        return pairwise_frame(outcomes, llm.model), outcomes
+    if stage == "ranking":
+        lists = store.read_table(source_ref, "lists")
+        similar = store.read_table(source_ref, "similar")
+        contexts = ranking_contexts(train, items, lists[lists["split"] == split],
+                                    dict(zip(similar["user_id"], similar["similar_user_id"], strict=True)), ids,
+                                    max_history, augmented=prompt == "augmented")
+        outcomes = rank_users(client, contexts, **common)
+        return rankings_frame(outcomes, llm.model), outcomes
+    raise ValueError(f"unknown LLM stage {stage!r}")
+
+
+@task(name="llama4rec-estimate", cache_policy=NO_CACHE)
+def estimate_llm_stage(store_root: str, stage: str, ids_by_split: dict[str | None, list[int]], dataset_ref: str,
+                       split_ref: str, source_ref: str, llm: LLMConfig, max_history: int | None, ledger_root: str,
+                       prompt: str | None = None, copies: int = 1, label: str | None = None) -> dict[str, Any]:
+    """The cost estimate of one LLM stage (tasks/estimate.py `price_prompts`): every prompt built as `llm_batch`
+    builds it, for the users of each split in `ids_by_split` (None: pairwise), with no HTTP call and no API key;
+    `copies` sets of prompts of the same size in all (the built one first)."""
+    store = ArtifactStore(store_root)
+    with LLMClient(llm, cache_dir=llm_cache_dir(store_root, llm), api_key=LOCAL_PLACEHOLDER_KEY) as client:
+        asker = DeferredChat(client, {}, {}, http=False, rounds=0)
+        for split, ids in ids_by_split.items():
+            ask_stage(asker, store, stage, ids, dataset_ref, split_ref, source_ref, llm, max_history, prompt, split,
+                      {"stage": stage, "batch": "estimate"})
+    return price_prompts(stage, sum(len(ids) for ids in ids_by_split.values()), asker, llm, ledger_root,
+                         copies=copies, label=label)
+
+
 @stage_task(llm_batch_ref, name="llama4rec-batch", task_run_name="{stage}-batch-{batch}")
 def llm_batch(store_root: str, stage: str, batch: int, ids: list[int], dataset_ref: str, split_ref: str,
               source_ref: str, llm: LLMConfig, max_history: int | None, ledger_root: str, prompt: str | None = None,
@@ -94,25 +141,10 @@ def llm_batch(store_root: str, stage: str, batch: int, ids: list[int], dataset_r
     params = {"stage": stage, "ids": ids, "dataset_ref": dataset_ref, "split_ref": split_ref,
               "source_ref": source_ref, "llm": llm, "max_history": max_history, "prompt": prompt, "split": split}
     ref = llm_batch_ref(params)
-    train = _train_in_time_order(store, dataset_ref, split_ref)
-    items = store.read_table(dataset_ref, "items")
     tags = {"stage": stage, "batch": str(batch), **({"prompt": prompt, "split": split} if stage == "ranking" else {})}
-    common = {"max_reasks": llm.max_reasks, "max_workers": llm.max_in_flight, "tags": tags}
     with batch_client(store_root, llm, ledger_root, stage, batch) as client:
-        if stage == "pairwise":
-            pairs = store.read_table(source_ref, "pairs")
-            outcomes = augment_pairwise(client, pair_contexts(train, items, pairs, ids, max_history), **common)
-            rows = pairwise_frame(outcomes, llm.model)
-        elif stage == "ranking":
-            lists = store.read_table(source_ref, "lists")
-            similar = store.read_table(source_ref, "similar")
-            contexts = ranking_contexts(train, items, lists[lists["split"] == split],
-                                        dict(zip(similar["user_id"], similar["similar_user_id"], strict=True)), ids,
-                                        max_history, augmented=prompt == "augmented")
-            outcomes = rank_users(client, contexts, **common)
-            rows = rankings_frame(outcomes, llm.model)
-        else:
-            raise ValueError(f"unknown LLM stage {stage!r}")
+        rows, outcomes = ask_stage(client, store, stage, ids, dataset_ref, split_ref, source_ref, llm, max_history,
+                                   prompt, split, tags)
     write_batch(store, ref, params, stage, batch, rows, outcomes)
     return str(ref)
 

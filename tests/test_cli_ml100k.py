@@ -23,7 +23,7 @@ def test_llmrec_base_on_reference_split(ml100k_dir, reference_split_dir, tmp_pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "recall@20" in proc.stdout  # the metrics table
     assert f"split from {reference_split_dir}; its users and items are those of dataset ml-100k" in " ".join(
-        proc.stdout.split())
+        proc.stderr.split())
 
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["model"] == "mf" and 1 <= doc["best_epoch"] <= 3

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import flows.cli as cli
-from flows.llama4rec import llama4rec_flow
+from flows.llama4rec import llama4rec_estimate_flow, llama4rec_flow
 from recsys.augment.pairwise import PairContext, pairwise_messages, validate_pairwise
 from recsys.augment.parse import InvalidAnswer
 from recsys.augment.prompts import ItemText, UserContext
@@ -58,6 +58,10 @@ def config(dataset: Path, base_url: str) -> Llama4RecRunConfig:
 
 def test_flow_runs_every_variant_and_a_rerun_asks_nothing(tiny_movielens, llm_server, tmp_path) -> None:
     cfg, store, out = config(tiny_movielens, llm_server.base_url), str(tmp_path / "store"), tmp_path / "out"
+    before = llm_server.stats()["requests"]
+    estimate = {r["stage"]: r for r in llama4rec_estimate_flow(config=cfg, store_root=store)}
+    assert llm_server.stats()["requests"] == before  # the estimate sends nothing
+    assert set(estimate) == {"pairwise", "ranking, plain prompt", "ranking, augmented prompt"}
     result = llama4rec_flow(config=cfg, store_root=store, out_dir=str(out))
     asked = llm_server.stats()["requests"]
     # A pairwise prompt per user; 4 (backbone, prompt) sets x 2 splits x a ranking prompt per user, some identical
@@ -78,6 +82,16 @@ def test_flow_runs_every_variant_and_a_rerun_asks_nothing(tiny_movielens, llm_se
     ledger = pd.read_parquet(out / "ledger.parquet")
     assert set(ledger["stage"]) == {"pairwise", "ranking"} and (ledger["outcome"] == "ok").any()
     assert pd.read_parquet(out / "augment_failures.parquet").empty  # every prompt was answered in the end
+    # The estimate against what was sent: the pairwise prompts exactly; the rankings at most what was estimated
+    # (the backbone on D's lists stand in for the one on D', whose identical lists come from the cache) and at
+    # least the backbone on D's share (one of the two sets per prompt form).
+    sent = ledger[(ledger["outcome"] == "ok") & ~ledger["cached"]]
+    pairwise = sent[sent["stage"] == "pairwise"]
+    assert len(pairwise) == estimate["pairwise"]["prompts"] == N_USERS
+    assert pairwise["prompt_tokens"].sum() == estimate["pairwise"]["input_tokens"]
+    ranking_sent = sent.loc[sent["stage"] == "ranking", "prompt_tokens"].sum()
+    ranking_estimate = sum(r["input_tokens"] for stage, r in estimate.items() if stage.startswith("ranking"))
+    assert ranking_estimate / 2 <= ranking_sent <= ranking_estimate, (ranking_estimate, ranking_sent)
     report = (out / "report.md").read_text()
     verdict = report.splitlines()[2]  # against the backbone, from the numbers (on this tiny data it may score 0)
     assert verdict.startswith("**Llama4Rec") and "not evaluated" not in verdict, verdict
@@ -88,6 +102,8 @@ def test_flow_runs_every_variant_and_a_rerun_asks_nothing(tiny_movielens, llm_se
     assert llm_server.stats()["requests"] == asked  # every batch and stage came from the store
     pd.testing.assert_frame_equal(again["metrics"], result["metrics"])
     assert "No LLM request in this run" in again["report"]
+    pairwise_again = llama4rec_estimate_flow(config=cfg, store_root=store)[0]
+    assert (pairwise_again["cached"], pairwise_again["input_tokens"]) == (N_USERS, 0)  # answered: free
     assert not read_ledger(again["ledger"]).empty  # the first run's calls stay in the store's ledger
 
 

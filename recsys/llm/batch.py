@@ -158,7 +158,7 @@ class DeferredChat:
     batches, by cache key), then from the response cache; otherwise, with `http`, it asks `client` as a normal
     request, and without, it records the request in `pending` and answers nothing (error: why). `forget` drops a
     rejected answer from the response cache only: this run's batch results stay, so the next pass builds the same
-    corrections and asks only what is new."""
+    corrections and asks only what is new. `built` keeps the messages of every question, answered or not."""
 
     def __init__(self, client: LLMClient, answers: Mapping[str, str], errors: Mapping[str, str], *, http: bool,
                  rounds: int) -> None:
@@ -166,12 +166,15 @@ class DeferredChat:
         self.answers, self.errors = answers, errors
         self.http, self.rounds = http, rounds
         self.pending: dict[str, dict[str, Any]] = {}  # cache key -> request body
+        self.built: dict[str, list[dict[str, str]]] = {}  # cache key -> messages, of every question asked
         self.hits = 0  # questions answered from the batches' results or the response cache
         self._lock = threading.Lock()
 
     def chat(self, messages: list[dict[str, str]], *, template_version: str, tags: dict[str, str] | None = None
              ) -> ChatResult:
         key = self.client.cache_key(messages, template_version)
+        with self._lock:
+            self.built[key] = messages
         if key in self.answers:
             self._count_hit()
             return ChatResult(self.answers[key], 0, 0, True, 0, 0.0, None)
