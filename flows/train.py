@@ -38,6 +38,7 @@ from recsys.eval.verdict import (
     group_frame,
     group_markdown,
     group_rows,
+    one_group_note,
     quartile_groups,
     verdict_sentence,
 )
@@ -150,14 +151,15 @@ def train_variants(config: RunConfig, root: str, inputs: StageTwoInputs,
 def group_section(store: ArtifactStore, split_ref: str, trained: dict[str, dict], baseline: str) -> list[str]:
     """The test metrics by user group (quartiles of training interactions per user), from the per-user tables of
     every evaluated model: the paper's sparsity claim, measured."""
-    train = store.read_table(split_ref, "train")
-    groups = quartile_groups(train.groupby("user_id").size())
+    n_train = store.read_table(split_ref, "train").groupby("user_id").size()
+    groups = quartile_groups(n_train)
     rows = [row for variant, seeds in trained.items() for seed, refs in seeds.items()
             for row in group_rows(variant, seed, store.read_table(refs["evaluate"], "per_user_test"), groups)]
     lines = ["## Test by user group (quartiles of training interactions per user)", "",
              "The sparsest users are where LLM augmentation should help most (paper §1, Table 1). Mean ± std over "
              "seeds of each group's mean; Δ and p (paired t-test over seeds) against the baseline.", ""]
-    return [*lines, *group_markdown(group_frame(rows), baseline), ""]
+    note = one_group_note(n_train)
+    return [*lines, *([note, ""] if note else []), *group_markdown(group_frame(rows), baseline), ""]
 
 
 def cost_section(frame: pd.DataFrame, ledger_root: str, config: RunConfig, paid_now: float

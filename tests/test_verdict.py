@@ -12,6 +12,7 @@ from recsys.eval.verdict import (
     group_frame,
     group_markdown,
     group_rows,
+    one_group_note,
     quartile_groups,
     verdict_sentence,
 )
@@ -43,6 +44,8 @@ def test_quartile_groups_label_sparse_to_dense_and_merge_equal_edges() -> None:
     labels = quartile_groups(counts)
     assert labels.nunique() == 4 and labels.loc[1000].startswith("Q1 (1-") and labels.loc[1099].startswith("Q4")
     assert quartile_groups(pd.Series([5] * 10)).nunique() == 1  # a capped split: one group
+    assert one_group_note(pd.Series([5] * 10)).startswith("One group: every user has 5 training interactions")
+    assert one_group_note(counts) is None
 
 
 def test_group_table_pairs_seeds_within_each_group() -> None:

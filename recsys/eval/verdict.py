@@ -33,6 +33,16 @@ def quartile_groups(n_train: pd.Series) -> pd.Series:
     return bins.map(labels).astype("string")
 
 
+def one_group_note(n_train: pd.Series) -> str | None:
+    """Why the user-group table has a single row, when `quartile_groups(n_train)` makes one group; else None."""
+    if quartile_groups(n_train).nunique() != 1:
+        return None
+    low, high = int(n_train.min()), int(n_train.max())
+    span = str(low) if low == high else f"{low}-{high}"
+    return (f"One group: every user has {span} training interactions, so the quartiles coincide (a split capped "
+            "by --max-train-per-user gives every user the same count). Compare groups on an uncapped split.")
+
+
 def group_rows(variant: str, seed: int, per_user: pd.DataFrame, groups: pd.Series) -> list[dict]:
     """Rows of the long metrics table (split "test", one per group, metric, k) from one model's per-user test
     metrics. per_user: user_id plus one column per "metric@k"; groups: user_id -> group label."""
