@@ -7,6 +7,7 @@ ground truth for what went over HTTP; the Prefect API for what each task run did
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -22,7 +23,6 @@ import httpx
 import pandas as pd
 import pytest
 import yaml
-from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import DeploymentScheduleCreate
 from prefect.client.schemas.filters import (
@@ -39,13 +39,13 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.ops import OpsError, rerun
-from flows.subflows import call_subflow
 from llmsim.launch import LLMServer, start_llm_server
 from recsys.config import AugmentConfig, AugmentRunConfig, DataConfig, LLMConfig, ModelConfig, SplitConfig, TrainConfig
 from recsys.data.loading import load_dataset, make_split
 from storage.ledger import read_ledger, store_ledger_root
 from tests.conftest import REPO
 from tests.prefect_server import PrefectServer
+from tests.subflow_probe import parent
 
 POOL = "llmrec-process"
 AUGMENT = "augment/augment-nightly"
@@ -400,36 +400,23 @@ class LosesOneAnswer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
 
 
-@task
-def echo(value: dict[str, str]) -> dict[str, str]:
-    return dict(value)
-
-
-@flow
-def child() -> dict[str, str]:
-    return {"answer": "from the child"}
-
-
-@flow
-def parent() -> dict[str, str]:
-    return echo(call_subflow(child))
-
-
 def test_a_subflow_result_survives_a_lost_api_answer_and_links_no_task_input(prefect_server: PrefectServer) -> None:
-    """Through the proxy, the subflow's COMPLETED transition is accepted, its answer lost and the resent one
-    rejected: the caller still gets the subflow's result. Straight to the server (the proxy carries no websocket,
-    so no task-run events), the task run taking that result has a plain input: the default UI lists it."""
+    """Through the proxy (in a child process), the subflow's COMPLETED transition is accepted, its answer lost and
+    the resent one rejected: the caller still gets the subflow's result. Straight to the server (the proxy carries
+    no websocket, so no task-run events), the task run taking that result has a plain input: the UI lists it."""
     proxy = LosesOneAnswer(prefect_server.url)
     serving = threading.Thread(target=proxy.serve_forever, daemon=True)
     serving.start()
     try:
-        with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{proxy.server_port}/api"}):
-            lossy = parent(return_state=True)
+        env = {**prefect_server.env, "PREFECT_API_URL": f"http://127.0.0.1:{proxy.server_port}/api"}
+        lossy = subprocess.run([sys.executable, "-m", "tests.subflow_probe"], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=180)
     finally:
         proxy.shutdown()
         proxy.server_close()
+    assert lossy.returncode == 0, lossy.stdout + lossy.stderr[-3000:]
     assert proxy.lost == 1
-    assert lossy.is_completed() and lossy.result() == {"answer": "from the child"}
+    assert json.loads(lossy.stdout.splitlines()[-1]) == {"answer": "from the child"}
 
     with prefect_server.api():
         direct = parent(return_state=True)
