@@ -152,9 +152,11 @@ class LLMServer(Process):
 def start_llm_server(*, env: Mapping[str, str] | None = None, timeout_s: float = STARTUP_TIMEOUT_S,
                      **faults: Any) -> LLMServer:
     """`python -m llmsim` on a free 127.0.0.1 port with the given fault settings (`error_rate=0.5` becomes
-    `--error-rate=0.5`; None values are left out) and `env` added to this process's environment. It stops itself
-    when this process ends. Use it as a context manager or call `.stop()`."""
-    flags = [f"--{name.replace('_', '-')}={value}" for name, value in faults.items() if value is not None]
+    `--error-rate=0.5`, `fine_tune_fail=True` becomes `--fine-tune-fail`; None and False are left out) and `env`
+    added to this process's environment. It stops itself when this process ends. Use it as a context manager or
+    call `.stop()`."""
+    flags = [f"--{name.replace('_', '-')}" + ("" if value is True else f"={value}")
+             for name, value in faults.items() if value is not None and value is not False]
     cmd = [sys.executable, "-m", "llmsim", "--host", "127.0.0.1", "--port", "0", "--parent-pid", str(os.getpid()),
            *flags]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
