@@ -29,14 +29,11 @@ pytest_plugins = ["tests.llm_server", "tests.prefect_server"]
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Remove the session's PREFECT_HOME (database and persisted results): nothing of a test run is left in /tmp.
 
-    First Prefect's queued events and API logs are delivered (at most a minute per service) while the session's
-    temporary server still has its database: with the database gone, the server refuses them and the exit waits
-    while the events client reconnects for each of them."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
+    First Prefect's queued events and API logs are delivered while the session's temporary server still has its
+    database (tests/prefect_server.py `deliver_queued_events`)."""
+    from tests.prefect_server import deliver_queued_events
 
-    for service in (EventsWorker, APILogWorker):
-        service.drain_all(timeout=60)
+    deliver_queued_events()
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 

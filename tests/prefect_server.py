@@ -58,6 +58,17 @@ FAST_SETTINGS: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
 }
 
+def deliver_queued_events(timeout_s: float = 60.0) -> None:
+    """Wait (at most `timeout_s` per service) until Prefect's background services have sent what this process
+    queued: task-run events and API logs. Run while their server is still up: an event left for a server that has
+    stopped is retried at interpreter exit, reconnecting for about a minute per event."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        service.drain_all(timeout=timeout_s)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -98,11 +109,15 @@ class PrefectServer:
 
     @contextlib.contextmanager
     def api(self) -> Iterator[None]:
-        """Point this process's Prefect client (`get_client()`) at the server while the block runs."""
+        """Point this process's Prefect client (`get_client()`) at the server while the block runs. At its end the
+        events and API logs the block's runs queued are delivered (`deliver_queued_events`), while the server is up."""
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
-            yield
+            try:
+                yield
+            finally:
+                deliver_queued_events()
 
     def healthy(self) -> bool:
         try:
