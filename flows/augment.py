@@ -152,16 +152,27 @@ def run_stage(root: str, stage: str, batches: list[list[int]], refs: dict[str, s
     return [str(batch_ref({"stage": stage, "ids": ids, **shared})) for ids in batches], failed, not_started
 
 
-def stage_problems(stage: str, failed: dict[int, str], failed_items: int, not_started: int, n_batches: int,
+def stage_problems(stage: str, failed: dict[int, str], failures: pd.DataFrame, not_started: int, n_batches: int,
                    budget: Budget) -> list[str]:
-    """What went wrong in a stage, for `AugmentFailed`: failed items, crashed or abandoned batches, the budget."""
-    problems = [f"{stage}: {failed_items} items failed in batches "
-                f"{[i for i, why in failed.items() if why == ITEMS_FAILED]}"] if failed_items else []
+    """What went wrong in a stage, for `AugmentFailed`: failed items (`failures`, with the most common reason),
+    crashed or abandoned batches, the budget."""
+    problems = [f"{stage}: {len(failures)} items failed in batches "
+                f"{[i for i, why in failed.items() if why == ITEMS_FAILED]} ({most_common_reason(failures)})"
+                ] if len(failures) else []
     problems += [f"{stage} batch {i} {why}" for i, why in failed.items() if why != ITEMS_FAILED]
     if not_started:
         problems.append(f"{stage}: budget ${budget.max_cost_usd} reached after spending ${budget.spent():.6f}; "
                         f"{not_started} of {n_batches} batches not started")
     return problems
+
+
+def most_common_reason(failures: pd.DataFrame, max_chars: int = 300) -> str:
+    """`most often: <reason> (<n> of <total>)` over the failed items' `reason` column, cut to `max_chars`."""
+    counts = failures["reason"].astype(str).value_counts()
+    if counts.empty:
+        return "no reason recorded"
+    reason = counts.index[0] if len(counts.index[0]) <= max_chars else counts.index[0][:max_chars - 1] + "…"
+    return f"most often: {reason} ({int(counts.iat[0])} of {len(failures)})"
 
 
 @flow(name="augment", task_runner=ThreadPoolTaskRunner(max_workers=8))
@@ -212,7 +223,7 @@ def augment_flow(config: AugmentRunConfig | None = None, store_root: str | None 
         not_asked += len(skipped)
         logger.info("%s: %d answered, %d failed, %d not asked, %d of %d batches failed, %d not started",
                     stage, rows[stage], len(fails), len(skipped), len(failed), len(ids), not_started)
-        problems += stage_problems(stage, failed, len(fails), not_started, len(ids), budget)
+        problems += stage_problems(stage, failed, fails, not_started, len(ids), budget)
         if not_started:
             break
     all_failures = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame()

@@ -96,10 +96,11 @@ class LLMStages:
         refs = [str(llm_batch_ref({"stage": stage, "ids": ids, **shared})) for ids in batches]
         store = ArtifactStore(self.root)
         fails = [store.read_table(r, "failures") for r in refs if store.exists(r)]
-        n_failed = sum(len(f) for f in fails)
+        stage_failures = pd.concat(fails, ignore_index=True) if fails else failures_frame([], stage)
+        n_failed = len(stage_failures)
         self.failures += fails
         what = f"{stage} ({label})" if label else stage
-        self.problems += stage_problems(what, failed, n_failed, not_started, len(batches), self.budget)
+        self.problems += stage_problems(what, failed, stage_failures, not_started, len(batches), self.budget)
         self.stopped = self.stopped or not_started > 0
         get_run_logger().info("%s: %d users in %d batches, %d items failed, %d batches not started", what,
                               len(users), len(batches), n_failed, not_started)

@@ -24,6 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.augment import run_batches, stage_problems
 from flows.train import group_section
+from recsys.augment.runner import failures_frame
 from recsys.config import EndpointConfig, LLM4IDRecConfig, LLM4IDRecRunConfig, LLMConfig, ModelConfig, default_store_dir
 from recsys.costs import totals
 from recsys.eval.report import metrics_frame, metrics_rows, report_markdown
@@ -102,8 +103,8 @@ def hosted_generation(config: LLM4IDRecRunConfig, root: str, split: str, data: s
         lambda finished, running: budget.allows(GENERATE_STAGE, finished, running))
     refs = [str(answers_artifact({"ids": ids, "split_ref": split, "llm": llm, "config": cfg})) for ids in batches]
     fails = [store.read_table(r, "failures") for r in refs if store.exists(r)]
-    failures = pd.concat(fails, ignore_index=True) if fails else pd.DataFrame()
-    problems = stage_problems(GENERATE_STAGE, failed, len(failures), not_started, n, budget)
+    failures = pd.concat(fails, ignore_index=True) if fails else failures_frame([], GENERATE_STAGE)
+    problems = stage_problems(GENERATE_STAGE, failed, failures, not_started, n, budget)
     if problems:
         spent = close_run(budget.ledger_root, budget.flow_run_id, failures, budget.max_cost_usd, out_dir)
         raise LLM4IDRecFailed("; ".join(problems) + f". Spent ${spent:.6f} in this run. Re-run to retry.")

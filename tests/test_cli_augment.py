@@ -67,3 +67,5 @@ def test_failed_batches_end_in_one_line_without_a_traceback(small_movielens, tmp
     assert "Traceback" not in output, output[-3000:]
     errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "items failed" in errors[0], output[-3000:]
+    assert "most often: no answer after 3 batches (last: HTTP 500: response_format json_schema is not supported" in (
+        errors[0]), errors[0]  # the cause, in the one line
