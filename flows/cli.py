@@ -209,7 +209,8 @@ def split_config(dataset: str, method: str | None, split_dir: Path | None, overl
     if split_dir is not None:
         if method is not None:
             raise _fail("--split and --split-dir exclude each other: --split-dir is a split already made")
-        notices.print(f"split from {split_dir}; its users and items are those of dataset {dataset} (--dataset)")
+        notices.print(f"split from {split_dir}; its users and items are those of dataset {dataset} (option "
+                      "--dataset, default ml-100k)")
         return SplitConfig(method="dir", split_dir=split_dir, overlap=overlap, max_train_per_user=max_train_per_user)
     return SplitConfig(method=method or default, seed=seed, overlap=overlap, max_train_per_user=max_train_per_user)
 
