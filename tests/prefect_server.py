@@ -58,6 +58,7 @@ FAST_SETTINGS: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
 }
 
+
 def deliver_queued_events(timeout_s: float = 60.0) -> None:
     """Wait (at most `timeout_s` per service) until Prefect's background services have sent what this process
     queued: task-run events and API logs. Run while their server is still up: an event left for a server that has
